@@ -1,0 +1,54 @@
+// Small helpers shared by the addon's classes.
+#pragma once
+
+#include <napi.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "LlamaLib.h"
+
+// Owning handles with their llama free functions (resolved at run time through LlamaLib).
+struct LlamaModelDeleter {
+    void operator()(llama_model* model) const noexcept {
+        if (model != nullptr) LlamaLib::Api().llama_model_free(model);
+    }
+};
+struct LlamaContextDeleter {
+    void operator()(llama_context* ctx) const noexcept {
+        if (ctx != nullptr) LlamaLib::Api().llama_free(ctx);
+    }
+};
+struct LlamaSamplerDeleter {
+    void operator()(llama_sampler* sampler) const noexcept {
+        if (sampler != nullptr) LlamaLib::Api().llama_sampler_free(sampler);
+    }
+};
+using ModelPtr = std::unique_ptr<llama_model, LlamaModelDeleter>;
+using ContextPtr = std::unique_ptr<llama_context, LlamaContextDeleter>;
+using SamplerPtr = std::unique_ptr<llama_sampler, LlamaSamplerDeleter>;
+
+// Error codes shared with src/errors.ts (PhiAgentError.code).
+inline Napi::Error MakeError(Napi::Env env, const std::string& code, const std::string& message) {
+    Napi::Error error = Napi::Error::New(env, message);
+    error.Set("code", Napi::String::New(env, code));
+    return error;
+}
+
+// Length of the longest prefix of `bytes` that ends on a UTF-8 character boundary: a trailing, still
+// incomplete multi-byte sequence is held back until its continuation bytes arrive.
+inline size_t CompleteUtf8Prefix(const std::string& bytes) {
+    const size_t n = bytes.size();
+    // Look back at most 3 bytes for the lead byte of the last character.
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        const unsigned char c = static_cast<unsigned char>(bytes[n - back]);
+        if ((c & 0xC0) == 0x80) continue;  // continuation byte: keep looking for the lead
+        size_t need = 1;
+        if ((c & 0xE0) == 0xC0) need = 2;
+        else if ((c & 0xF0) == 0xE0) need = 3;
+        else if ((c & 0xF8) == 0xF0) need = 4;
+        return back < need ? n - back : n;
+    }
+    return n;  // only continuation bytes (invalid) or nothing: let them through
+}

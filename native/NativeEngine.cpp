@@ -1,0 +1,634 @@
+#include "NativeEngine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+
+#include "NativeModel.h"
+
+namespace {
+
+int64_t NowUs() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// What the engine thread hands to JS: one streamed piece, or the final result (or error) of a request.
+struct Event {
+    bool done = false;
+    std::string text;
+    llama_token token = -1;
+    std::vector<llama_token> tokens;
+    std::string finishReason;
+    std::string errorCode;
+    std::string error;
+    size_t promptTokens = 0;
+    double promptMs = 0;
+    double generationMs = 0;
+    double queuedMs = 0;
+};
+
+void CallJs(Napi::Env env, Napi::Function fn, Event* event) {
+    std::unique_ptr<Event> owned(event);
+    if (env == nullptr || fn.IsEmpty()) return;  // environment shutting down
+    Napi::Object payload = Napi::Object::New(env);
+    if (!owned->done) {
+        payload.Set("text", Napi::String::New(env, owned->text));
+        payload.Set("token", Napi::Number::New(env, owned->token));
+        fn.Call({Napi::String::New(env, "token"), payload});
+        return;
+    }
+    if (!owned->errorCode.empty()) {
+        payload.Set("code", Napi::String::New(env, owned->errorCode));
+        payload.Set("message", Napi::String::New(env, owned->error));
+        fn.Call({Napi::String::New(env, "error"), payload});
+        return;
+    }
+    Napi::Int32Array tokens = Napi::Int32Array::New(env, owned->tokens.size());
+    std::copy(owned->tokens.begin(), owned->tokens.end(), tokens.Data());
+    payload.Set("text", Napi::String::New(env, owned->text));
+    payload.Set("tokens", tokens);
+    payload.Set("finishReason", Napi::String::New(env, owned->finishReason));
+    payload.Set("promptTokens", Napi::Number::New(env, (double)owned->promptTokens));
+    payload.Set("promptMs", Napi::Number::New(env, owned->promptMs));
+    payload.Set("generationMs", Napi::Number::New(env, owned->generationMs));
+    payload.Set("queuedMs", Napi::Number::New(env, owned->queuedMs));
+    fn.Call({Napi::String::New(env, "done"), payload});
+}
+
+class InitWorker : public Napi::AsyncWorker {
+public:
+    InitWorker(Napi::Env env, NativeEngine* engine, Napi::Object self)
+        : Napi::AsyncWorker(env, "phiAgent.createContext"), deferred_(Napi::Promise::Deferred::New(env)), engine_(engine) {
+        selfRef_ = Napi::Persistent(self);
+    }
+    Napi::Promise Promise() { return deferred_.Promise(); }
+    void Execute() override {
+        try {
+            engine_->CreateContext();
+        } catch (const std::exception& e) {
+            SetError(e.what());
+        } catch (...) {
+            SetError("creating the llama.cpp context failed with an unknown native exception");
+        }
+    }
+    void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+    void OnError(const Napi::Error& error) override {
+        deferred_.Reject(MakeError(Env(), "ERR_LOAD_FAILED", error.Message()).Value());
+    }
+
+private:
+    Napi::Promise::Deferred deferred_;
+    NativeEngine* engine_;
+    Napi::ObjectReference selfRef_;
+};
+
+class CloseWorker : public Napi::AsyncWorker {
+public:
+    CloseWorker(Napi::Env env, NativeEngine* engine, Napi::Object self, std::function<void()> onDone)
+        : Napi::AsyncWorker(env, "phiAgent.closeContext"),
+          deferred_(Napi::Promise::Deferred::New(env)),
+          engine_(engine),
+          onDone_(std::move(onDone)) {
+        selfRef_ = Napi::Persistent(self);
+    }
+    Napi::Promise Promise() { return deferred_.Promise(); }
+    void Execute() override {
+        try {
+            engine_->StopAndJoin();
+        } catch (...) {
+        }
+    }
+    void OnOK() override {
+        onDone_();
+        deferred_.Resolve(Env().Undefined());
+    }
+
+private:
+    Napi::Promise::Deferred deferred_;
+    NativeEngine* engine_;
+    Napi::ObjectReference selfRef_;
+    std::function<void()> onDone_;
+};
+
+uint32_t GetUint(Napi::Object o, const char* key, uint32_t fallback) {
+    Napi::Value v = o.Get(key);
+    return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : fallback;
+}
+int32_t GetInt(Napi::Object o, const char* key, int32_t fallback) {
+    Napi::Value v = o.Get(key);
+    return v.IsNumber() ? v.As<Napi::Number>().Int32Value() : fallback;
+}
+float GetFloat(Napi::Object o, const char* key, float fallback) {
+    Napi::Value v = o.Get(key);
+    return v.IsNumber() ? v.As<Napi::Number>().FloatValue() : fallback;
+}
+
+void EnvCleanup(void* data) { static_cast<NativeEngine*>(data)->StopAndJoin(); }
+
+}  // namespace
+
+Napi::Object NativeEngine::Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function ctor = DefineClass(env, "NativeEngine",
+                                      {
+                                          InstanceMethod("init", &NativeEngine::InitContext),
+                                          InstanceMethod("submit", &NativeEngine::Submit),
+                                          InstanceMethod("cancel", &NativeEngine::Cancel),
+                                          InstanceMethod("close", &NativeEngine::Close),
+                                          InstanceMethod("stats", &NativeEngine::Stats),
+                                      });
+    exports.Set("NativeEngine", ctor);
+    return exports;
+}
+
+// new NativeEngine(model: NativeModel, { kvSize, contextSize, batchSize, sequences, threads, batchThreads })
+NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeEngine>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
+        Napi::TypeError::New(env, "new NativeEngine(model, options)").ThrowAsJavaScriptException();
+        return;
+    }
+    Napi::Object modelObject = info[0].As<Napi::Object>();
+    model_ = Napi::ObjectWrap<NativeModel>::Unwrap(modelObject);
+    if (model_ == nullptr || model_->Get() == nullptr) {
+        MakeError(env, "ERR_DISPOSED", "the model is not loaded").ThrowAsJavaScriptException();
+        return;
+    }
+    Napi::Object o = info[1].As<Napi::Object>();
+    params_.kvSize = GetUint(o, "kvSize", params_.kvSize);
+    params_.contextSize = GetUint(o, "contextSize", params_.contextSize);
+    params_.batchSize = GetUint(o, "batchSize", params_.batchSize);
+    params_.sequences = GetUint(o, "sequences", params_.sequences);
+    params_.threads = GetInt(o, "threads", params_.threads);
+    params_.batchThreads = GetInt(o, "batchThreads", params_.threads);
+    if (params_.kvSize == 0 || params_.contextSize == 0 || params_.contextSize > params_.kvSize ||
+        params_.batchSize == 0 || params_.sequences == 0 || params_.sequences > params_.batchSize ||
+        params_.threads <= 0 || params_.batchThreads <= 0) {
+        Napi::RangeError::New(env, "invalid engine parameters").ThrowAsJavaScriptException();
+        return;
+    }
+    modelRef_ = Napi::Persistent(modelObject);
+    model_->Retain();
+    seqUsed_.assign(params_.sequences, false);
+    napi_add_env_cleanup_hook(env, EnvCleanup, this);
+}
+
+NativeEngine::~NativeEngine() {
+    if (model_ == nullptr || modelRef_.IsEmpty()) return;  // constructor failed
+    napi_remove_env_cleanup_hook(Env(), EnvCleanup, this);
+    StopAndJoin();
+    if (!closed_) {
+        closed_ = true;
+        model_->Release();
+    }
+}
+
+void NativeEngine::CreateContext() {
+    const LlamaApi& api = LlamaLib::Api();
+    LlamaLib::ClearLastLog();
+    llama_context_params cp = api.llama_context_default_params();
+    cp.n_ctx = params_.kvSize;
+    cp.n_batch = params_.batchSize;
+    cp.n_ubatch = params_.batchSize;
+    cp.n_seq_max = params_.sequences;
+    cp.n_threads = params_.threads;
+    cp.n_threads_batch = params_.batchThreads;
+    cp.kv_unified = true;  // sequences share the cells; admission reserves them so decode never runs out
+    cp.no_perf = true;
+    cp.abort_callback = &NativeEngine::AbortCallback;
+    cp.abort_callback_data = this;
+    ctx_.reset(api.llama_init_from_model(model_->Get(), cp));
+    if (!ctx_) {
+        std::string log = LlamaLib::TakeLastLog();
+        throw std::runtime_error("llama.cpp could not create a context of " + std::to_string(params_.kvSize) +
+                                 " tokens" + (log.empty() ? "" : ": " + log));
+    }
+    batch_ = api.llama_batch_init((int32_t)params_.batchSize, 0, 1);
+    batchAllocated_ = true;
+    thread_ = std::thread([this] { Run(); });
+}
+
+void NativeEngine::StopAndJoin() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    // Anything still queued (the thread never ran, or raced with stop) gets an answer too.
+    std::deque<std::shared_ptr<Request>> left;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        left.swap(waiting_);
+    }
+    for (auto& r : left) Fail(r, "ERR_DISPOSED", "the model was disposed before this generation finished");
+    if (LlamaLib::IsLoaded()) {
+        if (batchAllocated_) {
+            LlamaLib::Api().llama_batch_free(batch_);
+            batchAllocated_ = false;
+        }
+        ctx_.reset();
+    }
+}
+
+Napi::Value NativeEngine::InitContext(const Napi::CallbackInfo& info) {
+    auto* worker = new InitWorker(info.Env(), this, info.This().As<Napi::Object>());
+    Napi::Promise promise = worker->Promise();
+    worker->Queue();
+    return promise;
+}
+
+// submit(tokens: Int32Array, options, callback(kind, payload)) => id
+Napi::Value NativeEngine::Submit(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (stopping_ || closed_) {
+        MakeError(env, "ERR_DISPOSED", "the model was disposed").ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsObject() || !info[2].IsFunction() ||
+        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+        Napi::TypeError::New(env, "submit(tokens: Int32Array, options: object, callback: function)")
+            .ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    Napi::Int32Array tokens = info[0].As<Napi::Int32Array>();
+    Napi::Object o = info[1].As<Napi::Object>();
+    auto r = std::make_shared<Request>();
+    r->prompt.assign(tokens.Data(), tokens.Data() + tokens.ElementLength());
+    // Cheap guards; src/model/options.ts validates with precise messages first.
+    if (r->prompt.empty() || r->prompt.size() > params_.contextSize) {
+        Napi::RangeError::New(env, "prompt must have 1.." + std::to_string(params_.contextSize) + " tokens")
+            .ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    for (llama_token t : r->prompt) {
+        if (t < 0 || t >= model_->NVocab()) {
+            Napi::RangeError::New(env, "prompt token id out of range").ThrowAsJavaScriptException();
+            return env.Undefined();
+        }
+    }
+    r->maxTokens = GetInt(o, "maxTokens", -1);
+    r->stream = o.Get("stream").ToBoolean().Value();
+    r->sampling.temperature = GetFloat(o, "temperature", 0.0f);
+    r->sampling.topK = GetInt(o, "topK", 0);
+    r->sampling.topP = GetFloat(o, "topP", 1.0f);
+    r->sampling.minP = GetFloat(o, "minP", 0.0f);
+    r->sampling.repeatPenalty = GetFloat(o, "repeatPenalty", 1.0f);
+    r->sampling.presencePenalty = GetFloat(o, "presencePenalty", 0.0f);
+    r->sampling.frequencyPenalty = GetFloat(o, "frequencyPenalty", 0.0f);
+    r->sampling.repeatLastN = GetInt(o, "repeatLastN", 64);
+    r->sampling.seed = GetUint(o, "seed", LLAMA_DEFAULT_SEED);
+    Napi::Value stops = o.Get("stop");
+    if (stops.IsArray()) {
+        Napi::Array array = stops.As<Napi::Array>();
+        for (uint32_t i = 0; i < array.Length(); i++) {
+            Napi::Value s = array.Get(i);
+            if (s.IsString() && !s.As<Napi::String>().Utf8Value().empty()) r->stops.push_back(s.As<Napi::String>());
+        }
+    }
+    const uint64_t want = (uint64_t)r->prompt.size() + (r->maxTokens < 0 ? params_.contextSize : (uint64_t)r->maxTokens);
+    r->reserved = (uint32_t)std::min<uint64_t>(want, params_.contextSize);
+    r->callback = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "phiAgent.generate", 0, 1);
+    r->tQueued = NowUs();
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        r->id = nextId_++;
+        waiting_.push_back(r);
+    }
+    wake_.notify_one();
+    return Napi::Number::New(env, r->id);
+}
+
+Napi::Value NativeEngine::Cancel(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) return env.Undefined();
+    const uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (auto& r : waiting_)
+            if (r->id == id) r->aborted = true;
+        for (auto& r : active_)  // read-only walk under the lock; the engine thread mutates active_ under it too
+            if (r->id == id) r->aborted = true;
+    }
+    wake_.notify_one();
+    return env.Undefined();
+}
+
+Napi::Value NativeEngine::Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_) {
+        auto deferred = Napi::Promise::Deferred::New(env);
+        deferred.Resolve(env.Undefined());
+        return deferred.Promise();
+    }
+    closed_ = true;
+    auto* worker = new CloseWorker(env, this, info.This().As<Napi::Object>(), [this] {
+        model_->Release();
+        modelRef_.Reset();
+    });
+    Napi::Promise promise = worker->Promise();
+    worker->Queue();
+    return promise;
+}
+
+Napi::Value NativeEngine::Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object out = Napi::Object::New(env);
+    std::lock_guard<std::mutex> lock(mutex_);
+    out.Set("active", Napi::Number::New(env, (double)active_.size()));
+    out.Set("waiting", Napi::Number::New(env, (double)waiting_.size()));
+    out.Set("reservedCells", Napi::Number::New(env, reservedCells_));
+    return out;
+}
+
+bool NativeEngine::AbortCallback(void* data) noexcept {
+    auto* self = static_cast<NativeEngine*>(data);
+    if (self->stopping_) return true;
+    if (self->inBatch_.empty()) return false;
+    for (Request* r : self->inBatch_)
+        if (!r->aborted) return false;
+    return true;
+}
+
+void NativeEngine::Run() {
+    try {
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> lock(mutex_);
+                wake_.wait(lock, [this] { return stopping_.load() || !waiting_.empty() || !active_.empty(); });
+                if (stopping_) break;
+            }
+            Admit();
+            if (!active_.empty()) Step();
+        }
+    } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (auto& r : std::vector<std::shared_ptr<Request>>(active_)) Fail(r, "ERR_GENERATION_FAILED", e.what());
+    } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (auto& r : std::vector<std::shared_ptr<Request>>(active_))
+            Fail(r, "ERR_GENERATION_FAILED", "unknown native exception");
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& r : std::vector<std::shared_ptr<Request>>(active_))
+        Fail(r, "ERR_DISPOSED", "the model was disposed during this generation");
+}
+
+bool NativeEngine::Admit() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+        if ((*it)->aborted) {
+            auto r = *it;
+            it = waiting_.erase(it);
+            Finish(r, "abort");
+        } else {
+            ++it;
+        }
+    }
+    bool admitted = false;
+    while (!waiting_.empty()) {
+        auto& r = waiting_.front();
+        auto freeSeq = std::find(seqUsed_.begin(), seqUsed_.end(), false);
+        if (freeSeq == seqUsed_.end() || reservedCells_ + r->reserved > params_.kvSize) break;
+        r->seq = (int32_t)(freeSeq - seqUsed_.begin());
+        *freeSeq = true;
+        reservedCells_ += r->reserved;
+        r->tStart = NowUs();
+        BuildSampler(*r);
+        active_.push_back(r);
+        waiting_.pop_front();
+        admitted = true;
+    }
+    activeCount_ = (uint32_t)active_.size();
+    return admitted;
+}
+
+void NativeEngine::BuildSampler(Request& r) {
+    const LlamaApi& api = LlamaLib::Api();
+    llama_sampler_chain_params cp = api.llama_sampler_chain_default_params();
+    cp.no_perf = true;
+    SamplerPtr chain(api.llama_sampler_chain_init(cp));
+    const SamplingParams& s = r.sampling;
+    const bool penalties = s.repeatPenalty != 1.0f || s.presencePenalty != 0.0f || s.frequencyPenalty != 0.0f;
+    if (penalties) {
+        api.llama_sampler_chain_add(chain.get(),
+                                    api.llama_sampler_init_penalties(model_->NVocab(), s.repeatLastN, s.repeatPenalty,
+                                                                     s.frequencyPenalty, s.presencePenalty));
+    }
+    if (s.temperature <= 0.0f) {
+        api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_greedy());
+    } else {
+        if (s.topK > 0) api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_top_k(s.topK));
+        if (s.topP < 1.0f) api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_top_p(s.topP, 1));
+        if (s.minP > 0.0f) api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_min_p(s.minP, 1));
+        api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_temp(s.temperature));
+        api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_dist(s.seed));
+    }
+    if (penalties) {  // the penalties look back over the prompt too
+        const size_t from = r.prompt.size() > (size_t)std::max(s.repeatLastN, 0) ? r.prompt.size() - s.repeatLastN : 0;
+        for (size_t i = from; i < r.prompt.size(); i++) api.llama_sampler_accept(chain.get(), r.prompt[i]);
+    }
+    r.sampler = std::move(chain);
+}
+
+void NativeEngine::Step() {
+    const LlamaApi& api = LlamaLib::Api();
+    {
+        std::vector<std::shared_ptr<Request>> aborted;
+        for (auto& r : active_)
+            if (r->aborted) aborted.push_back(r);
+        if (!aborted.empty()) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            for (auto& r : aborted) Finish(r, "abort");
+        }
+        if (active_.empty()) return;
+    }
+
+    llama_batch& b = batch_;
+    b.n_tokens = 0;
+    inBatch_.clear();
+    auto add = [&b](llama_token token, llama_pos pos, llama_seq_id seq, bool logits) {
+        const int32_t i = b.n_tokens++;
+        b.token[i] = token;
+        b.pos[i] = pos;
+        b.n_seq_id[i] = 1;
+        b.seq_id[i][0] = seq;
+        b.logits[i] = logits ? 1 : 0;
+    };
+    int32_t budget = (int32_t)params_.batchSize;
+    // Sequences that are generating go first (one token each), so a long prompt never stalls their tokens.
+    for (auto& r : active_) {
+        if (!r->generating) continue;
+        r->batchIndex = b.n_tokens;
+        add(r->lastToken, r->nPast, r->seq, true);
+        r->nPast++;
+        budget--;
+        inBatch_.push_back(r.get());
+    }
+    // Then prompts, in n_batch-sized chunks; logits only for a prompt's last token.
+    for (auto& r : active_) {
+        if (r->generating || budget <= 0) continue;
+        const size_t left = r->prompt.size() - r->promptPos;
+        if (left == 0) continue;  // waiting for its first token's logits (already in this batch)
+        const int32_t take = (int32_t)std::min<size_t>(left, (size_t)budget);
+        for (int32_t i = 0; i < take; i++) {
+            const size_t p = r->promptPos + (size_t)i;
+            add(r->prompt[p], r->nPast + i, r->seq, p == r->prompt.size() - 1);
+        }
+        r->promptPos += (size_t)take;
+        r->nPast += take;
+        budget -= take;
+        r->batchIndex = r->promptPos == r->prompt.size() ? b.n_tokens - 1 : -1;
+        inBatch_.push_back(r.get());
+    }
+    if (b.n_tokens == 0) return;
+
+    LlamaLib::ClearLastLog();
+    const int32_t ret = api.llama_decode(ctx_.get(), b);
+    if (ret != 0) {
+        std::vector<std::shared_ptr<Request>> involved;
+        for (auto& r : active_)
+            if (std::find(inBatch_.begin(), inBatch_.end(), r.get()) != inBatch_.end()) involved.push_back(r);
+        inBatch_.clear();
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (ret == 2) {  // aborted: every request in the batch was cancelled (or we are stopping)
+            for (auto& r : involved)
+                if (r->aborted) Finish(r, "abort");
+            return;
+        }
+        std::string log = LlamaLib::TakeLastLog();
+        const std::string why = ret == 1 ? "no free KV cache slot for the batch" : "llama_decode returned " + std::to_string(ret);
+        for (auto& r : involved)
+            Fail(r, "ERR_GENERATION_FAILED", "decoding failed: " + why + (log.empty() ? "" : " (" + log + ")"));
+        return;
+    }
+    inBatch_.clear();
+
+    std::vector<std::shared_ptr<Request>> ready;
+    for (auto& r : active_)
+        if (r->batchIndex >= 0) ready.push_back(r);
+    for (auto& r : ready) {
+        const llama_token token = api.llama_sampler_sample(r->sampler.get(), ctx_.get(), r->batchIndex);
+        r->batchIndex = -1;
+        if (!r->generating) {
+            r->generating = true;
+            r->tFirst = NowUs();
+        }
+        ProcessToken(*r, token);
+        if (!r->finishReason.empty()) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            Finish(r, r->finishReason);
+        }
+    }
+}
+
+// Decides what `token` means for the request; sets finishReason when it ends (Step() then finishes it).
+void NativeEngine::ProcessToken(Request& r, llama_token token) {
+    const LlamaApi& api = LlamaLib::Api();
+    if (api.llama_vocab_is_eog(model_->Vocab(), token)) {
+        r.finishReason = "eos";
+        return;
+    }
+    r.generated.push_back(token);
+    char buffer[256];
+    int32_t n = api.llama_token_to_piece(model_->Vocab(), token, buffer, sizeof buffer, 0, false);
+    std::string piece;
+    if (n < 0) {
+        piece.resize((size_t)-n);
+        n = api.llama_token_to_piece(model_->Vocab(), token, piece.data(), (int32_t)piece.size(), 0, false);
+        piece.resize(n > 0 ? (size_t)n : 0);
+    } else {
+        piece.assign(buffer, (size_t)n);
+    }
+    const size_t before = r.text.size();
+    r.pending += piece;
+    const size_t complete = CompleteUtf8Prefix(r.pending);
+    r.text.append(r.pending, 0, complete);
+    r.pending.erase(0, complete);
+
+    size_t holdBack = 0;
+    if (!r.stops.empty() && r.text.size() > before) {
+        size_t maxLen = 0;
+        for (const auto& s : r.stops) maxLen = std::max(maxLen, s.size());
+        const size_t from = before >= maxLen - 1 ? before - (maxLen - 1) : 0;
+        size_t best = std::string::npos;
+        for (const auto& s : r.stops) best = std::min(best, r.text.find(s, from));
+        if (best != std::string::npos) {
+            r.text.resize(best);
+            r.finishReason = "stop";
+        } else if (r.stream) {  // hold back a tail that may still become a stop string
+            for (const auto& s : r.stops)
+                for (size_t k = std::min(s.size() - 1, r.text.size()); k > holdBack; k--)
+                    if (r.text.compare(r.text.size() - k, k, s, 0, k) == 0) {
+                        holdBack = k;
+                        break;
+                    }
+        }
+    }
+    if (r.finishReason.empty()) {
+        if (r.maxTokens >= 0 && r.generated.size() >= (size_t)r.maxTokens) r.finishReason = "length";
+        else if ((uint32_t)r.nPast >= params_.contextSize) r.finishReason = "context";  // no room to decode it
+        else r.lastToken = token;
+    }
+    if (r.stream) {
+        const size_t end = r.finishReason.empty() ? r.text.size() - holdBack : r.text.size();
+        auto* event = new Event();
+        event->token = token;
+        if (end > r.streamed) event->text = r.text.substr(r.streamed, end - r.streamed);
+        r.streamed = std::max(r.streamed, end);
+        if (r.callback.NonBlockingCall(event, CallJs) != napi_ok) delete event;
+    }
+}
+
+void NativeEngine::ReleaseSequence(Request& r) {
+    if (r.seq < 0) return;
+    if (ctx_) LlamaLib::Api().llama_memory_seq_rm(LlamaLib::Api().llama_get_memory(ctx_.get()), r.seq, -1, -1);
+    seqUsed_[(size_t)r.seq] = false;
+    reservedCells_ -= r.reserved;
+    r.seq = -1;
+}
+
+// Caller holds mutex_ (or is the only thread left).
+void NativeEngine::Finish(std::shared_ptr<Request> r, const std::string& reason) {
+    r->finishReason = reason;
+    r->tEnd = NowUs();
+    r->text += r->pending;
+    r->pending.clear();
+    ReleaseSequence(*r);
+    active_.erase(std::remove(active_.begin(), active_.end(), r), active_.end());
+    activeCount_ = (uint32_t)active_.size();
+    Post(r, true);
+}
+
+void NativeEngine::Fail(std::shared_ptr<Request> r, const std::string& code, const std::string& message) {
+    r->errorCode = code;
+    r->error = message;
+    r->tEnd = NowUs();
+    ReleaseSequence(*r);
+    active_.erase(std::remove(active_.begin(), active_.end(), r), active_.end());
+    activeCount_ = (uint32_t)active_.size();
+    Post(r, true);
+}
+
+void NativeEngine::Post(const std::shared_ptr<Request>& r, bool done) {
+    if (!done) return;
+    auto* event = new Event();
+    event->done = true;
+    if (!r->errorCode.empty()) {
+        event->errorCode = r->errorCode;
+        event->error = r->error;
+    } else {
+        event->text = r->text;
+        event->tokens = r->generated;
+        event->finishReason = r->finishReason;
+        event->promptTokens = r->prompt.size();
+        const int64_t start = r->tStart ? r->tStart : r->tEnd;
+        const int64_t first = r->tFirst ? r->tFirst : r->tEnd;
+        event->promptMs = (double)(first - start) / 1000.0;
+        event->generationMs = (double)(r->tEnd - first) / 1000.0;
+        event->queuedMs = (double)(start - r->tQueued) / 1000.0;
+    }
+    if (r->callback.NonBlockingCall(event, CallJs) != napi_ok) delete event;
+    r->callback.Release();
+    r->sampler.reset();
+}

@@ -1,0 +1,19 @@
+/**
+ * llm-phi-agent: Microsoft's Phi-2 run locally through llama.cpp, as a library, a CLI and a message agent.
+ *
+ * message → LLMPhiAgent (src/agent) → PhiModel (src/model/PhiModel.ts) → addon (src/native/binding.ts,
+ * native/*.cpp) → llama.cpp.
+ */
+export { PhiModel, type GenerationStream } from "./model/PhiModel.js";
+export type {
+    DeviceInfo, DeviceSpec, FinishReason, GenerateOptions, GenerationResult, GenerationUsage, LoadOptions, ModelInfo,
+    TokenChunk, TokenizeOptions,
+} from "./model/types.js";
+export { listDevices, llamaLibraryInfo } from "./model/devices.js";
+export { quantizeModel, QUANT_TYPES, type QuantType, type QuantizeOptions } from "./model/quantize.js";
+export { defaultThreads } from "./native/binding.js";
+export {
+    AbortError, ContextOverflowError, DisposedError, GGUFError, PhiAgentError, isAbortError, type PhiErrorCode,
+} from "./errors.js";
+export { readGGUF, checkPhi2, inspectGGUF, type GGUFHeader, type GGUFSummary } from "./gguf/index.js";
+export { makeTestModel, type MakeTestModelOptions, type TestModelShape, type TestModelType } from "./testModel/makeTestModel.js";

@@ -1,0 +1,327 @@
+/**
+ * PhiModel: a Phi-2 GGUF loaded through llama.cpp. The path a call takes: PhiModel (validation, tokenization,
+ * typing) → src/native/binding.ts → native/NativeModel.cpp / native/NativeEngine.cpp → llama.cpp.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { AbortError, ContextOverflowError, DisposedError, PhiAgentError, type PhiErrorCode } from "../errors.js";
+import { readAndCheckPhi2 } from "../gguf/validate.js";
+import { defaultThreads, ensureLibrary, loadBinding, type NativeEngine, type NativeModel, type NativeDonePayload, type NativeDevice } from "../native/binding.js";
+import { checkText, checkTokens, resolveGenerateOptions, resolveLoadOptions, type ResolvedGenerateOptions } from "./options.js";
+import type { GenerateOptions, GenerationResult, LoadOptions, ModelInfo, TokenChunk, TokenizeOptions } from "./types.js";
+
+const QUANT_TAGS: Record<number, string> = {
+    0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 7: "q8_0", 8: "q5_0", 9: "q5_1", 10: "q2_k", 11: "q3_k_s", 12: "q3_k_m",
+    13: "q3_k_l", 14: "q4_k_s", 15: "q4_k_m", 16: "q5_k_s", 17: "q5_k_m", 18: "q6_k", 32: "bf16",
+};
+
+/** Rewrites an error's stack to point at the JS caller that started the native work. */
+function withCallerStack<E extends Error>(error: E, caller: Error): E {
+    const callerFrames = (caller.stack ?? "").split("\n").slice(1).join("\n");
+    error.stack = `${error.name}: ${error.message}\n${callerFrames}`;
+    return error;
+}
+
+function nativeError(code: string, message: string, caller: Error): Error {
+    if (code === "ERR_DISPOSED") return withCallerStack(new DisposedError(), caller);
+    if (code === "ERR_ABORTED") return withCallerStack(new AbortError(message), caller);
+    return withCallerStack(new PhiAgentError((code || "ERR_GENERATION_FAILED") as PhiErrorCode, message), caller);
+}
+
+/** A stream of generated text; `result` settles when generation ends. Breaking out of the loop cancels it. */
+export interface GenerationStream extends AsyncIterable<TokenChunk> {
+    readonly result: Promise<GenerationResult>;
+}
+
+export class PhiModel implements AsyncDisposable {
+    readonly info: ModelInfo;
+    #native: NativeModel | undefined;
+    #engine: NativeEngine | undefined;
+    #inFlight = new Set<Promise<unknown>>();
+    #disposing: Promise<void> | undefined;
+
+    private constructor(native: NativeModel, engine: NativeEngine, info: ModelInfo) {
+        this.#native = native;
+        this.#engine = engine;
+        this.info = Object.freeze(info);
+    }
+
+    /** Loads a phi2 GGUF. The file's header is checked in TypeScript first, so a bad file is a typed error, never a crash. */
+    static async load(options: LoadOptions): Promise<PhiModel> {
+        const caller = new Error();
+        const o = resolveLoadOptions(options);
+        if (o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted before it started"), caller);
+
+        const { header, hparams } = await readAndCheckPhi2(o.modelPath);
+        if (o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted before it started"), caller);
+
+        const binding = loadBinding();
+        const libs = ensureLibrary(o.device.backend, o.libraryPath);
+        const device = pickDevice(binding.listDevices(), o.device.backend, o.device.ordinal);
+        const gpuLayers = device.type === "cpu" ? 0 : o.gpuLayers === "all" ? hparams.blockCount + 1 : o.gpuLayers;
+
+        const contextLength = hparams.contextLength;
+        const contextSize = o.contextSize ?? contextLength;
+        const kvSize = o.kvCacheSize ?? contextSize;
+        if (kvSize < contextSize) throw new RangeError(`"kvCacheSize" (${kvSize}) must be at least "contextSize" (${contextSize})`);
+        const threads = o.threads ?? defaultThreads();
+        const batchThreads = o.batchThreads ?? threads;
+
+        const native = new binding.NativeModel();
+        const onAbort = () => native.abortLoad();
+        o.signal?.addEventListener("abort", onAbort, { once: true });
+        try {
+            await native.load(o.modelPath, { gpuLayers, deviceIndex: device.type === "cpu" ? -1 : device.index, mmap: o.mmap }, o.onProgress);
+        } catch (err) {
+            const e = err as Error & { code?: string };
+            if (e.code === "ERR_ABORTED" || o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted", err), caller);
+            throw withCallerStack(new PhiAgentError("ERR_LOAD_FAILED", e.message, { cause: err }), caller);
+        } finally {
+            o.signal?.removeEventListener("abort", onAbort);
+        }
+        if (o.signal?.aborted) {
+            native.dispose();
+            throw withCallerStack(new AbortError("The model load was aborted"), caller);
+        }
+
+        const engine = new binding.NativeEngine(native, {
+            kvSize, contextSize, batchSize: o.batchSize, sequences: o.sequences, threads, batchThreads,
+        });
+        try {
+            await engine.init();
+        } catch (err) {
+            await engine.close().catch(() => undefined);
+            native.dispose();
+            throw withCallerStack(new PhiAgentError("ERR_LOAD_FAILED", (err as Error).message, { cause: err }), caller);
+        }
+        const n = native.info();
+        const info: ModelInfo = {
+            path: o.modelPath,
+            architecture: n.architecture,
+            name: n.name,
+            contextLength: n.contextLength,
+            embeddingLength: n.embeddingLength,
+            layers: n.layers,
+            heads: n.heads,
+            vocabSize: n.vocabSize,
+            fileType: n.fileType,
+            quantization: QUANT_TAGS[n.fileTypeId] ?? `ftype${n.fileTypeId}`,
+            fileSize: header.fileSize,
+            parameterCount: n.parameterCount,
+            runtime: {
+                device: device.type === "cpu" ? "cpu" : device.name,
+                backend: device.backend,
+                gpuLayers,
+                contextSize,
+                kvCacheSize: kvSize,
+                sequences: o.sequences,
+                batchSize: o.batchSize,
+                threads,
+                batchThreads,
+                libraryPath: libs.dir,
+                llamaCppRelease: libraryRelease(libs.dir),
+            },
+        };
+        return new PhiModel(native, engine, info);
+    }
+
+    get disposed(): boolean {
+        return this.#native === undefined;
+    }
+
+    #live(): { native: NativeModel; engine: NativeEngine } {
+        if (!this.#native || !this.#engine || this.#disposing) throw new DisposedError();
+        return { native: this.#native, engine: this.#engine };
+    }
+
+    /** Text → token ids with the model's own vocabulary. No BOS is added (Phi-2 has none). */
+    tokenize(text: string, options: TokenizeOptions = {}): number[] {
+        const { native } = this.#live();
+        checkText("text", text, { allowEmpty: true });
+        if (options.special !== undefined && typeof options.special !== "boolean") throw new TypeError(`Expected "special" to be a boolean, got ${typeof options.special}`);
+        return Array.from(native.tokenize(text, options.special ?? false));
+    }
+
+    /** Token ids → text. Special tokens (<|endoftext|>) are rendered only with { special: true }. */
+    detokenize(tokens: readonly number[] | Int32Array, options: TokenizeOptions = {}): string {
+        const { native } = this.#live();
+        const ids = checkTokens("tokens", tokens, this.info.vocabSize);
+        return native.detokenize(ids, options.special ?? false);
+    }
+
+    /** Generates a completion of `prompt`. Runs entirely in native code; concurrent calls are decoded together. */
+    async generate(prompt: string, options?: GenerateOptions): Promise<GenerationResult> {
+        const caller = new Error();
+        const o = resolveGenerateOptions(options);
+        const { engine, tokens } = this.#prepare(prompt, o);
+        return this.#run(engine, tokens, o, caller);
+    }
+
+    /** Streams a completion: `for await (const chunk of model.stream(prompt)) process.stdout.write(chunk.text)`. */
+    stream(prompt: string, options?: Omit<GenerateOptions, "onToken">): GenerationStream {
+        const caller = new Error();
+        const o = resolveGenerateOptions(options);
+        const { engine, tokens } = this.#prepare(prompt, o);
+        const queue: TokenChunk[] = [];
+        let wake: (() => void) | undefined;
+        let finished = false;
+        const controller = new AbortController();
+        const userSignal = o.signal;
+        o.signal = userSignal ? AbortSignal.any([userSignal, controller.signal]) : controller.signal;
+        o.onToken = (chunk) => {
+            queue.push(chunk);
+            wake?.();
+        };
+        const result = this.#run(engine, tokens, o, caller).finally(() => {
+            finished = true;
+            wake?.();
+        });
+        result.catch(() => undefined); // surfaced through the iterator (and `result` for whoever awaits it)
+        return {
+            result,
+            async *[Symbol.asyncIterator]() {
+                let streamed = "";
+                let lastToken = -1;
+                try {
+                    for (;;) {
+                        while (queue.length) {
+                            const chunk = queue.shift()!;
+                            streamed += chunk.text;
+                            lastToken = chunk.token;
+                            yield chunk;
+                        }
+                        if (finished) break;
+                        await new Promise<void>((resolve) => (wake = resolve));
+                        wake = undefined;
+                    }
+                    const final = await result;
+                    if (final.text.length > streamed.length) yield { text: final.text.slice(streamed.length), token: lastToken };
+                } finally {
+                    if (!finished) controller.abort();
+                }
+            },
+        };
+    }
+
+    #prepare(prompt: string, o: ResolvedGenerateOptions): { engine: NativeEngine; tokens: Int32Array } {
+        const { native, engine } = this.#live();
+        checkText("prompt", prompt, { allowEmpty: false });
+        let tokens = native.tokenize(prompt, false);
+        const contextSize = this.info.runtime.contextSize;
+        if (tokens.length > contextSize) {
+            if (o.truncate !== "start") throw new ContextOverflowError(tokens.length, contextSize);
+            tokens = tokens.slice(tokens.length - contextSize);
+        }
+        return { engine, tokens };
+    }
+
+    #run(engine: NativeEngine, tokens: Int32Array, o: ResolvedGenerateOptions, caller: Error): Promise<GenerationResult> {
+        if (o.signal?.aborted) return Promise.reject(withCallerStack(new AbortError("The generation was aborted before it started"), caller));
+        const onToken = o.onToken;
+        const promise = new Promise<GenerationResult>((resolve, reject) => {
+            let id = -1;
+            const onAbort = () => engine.cancel(id);
+            const settle = () => o.signal?.removeEventListener("abort", onAbort);
+            id = engine.submit(tokens, {
+                maxTokens: o.maxTokens, stream: onToken !== undefined, temperature: o.temperature, topK: o.topK, topP: o.topP,
+                minP: o.minP, repeatPenalty: o.repeatPenalty, presencePenalty: o.presencePenalty,
+                frequencyPenalty: o.frequencyPenalty, repeatLastN: o.repeatLastN, seed: o.seed, stop: o.stop,
+            }, (kind, payload) => {
+                if (kind === "token") {
+                    try {
+                        onToken?.(payload);
+                    } catch (err) { // a throwing callback cancels the generation and rejects it
+                        engine.cancel(id);
+                        settle();
+                        reject(err);
+                    }
+                    return;
+                }
+                settle();
+                if (kind === "error") return reject(nativeError(payload.code, payload.message, caller));
+                const result = toResult(payload);
+                if (result.finishReason === "abort" && !o.stopOnAbort) {
+                    const err = withCallerStack(new AbortError("The generation was aborted"), caller);
+                    (err as AbortError & { partial?: GenerationResult }).partial = result;
+                    return reject(err);
+                }
+                resolve(result);
+            });
+            o.signal?.addEventListener("abort", onAbort, { once: true });
+        });
+        const tracked = promise.catch(() => undefined);
+        this.#inFlight.add(tracked);
+        void tracked.finally(() => this.#inFlight.delete(tracked));
+        return promise;
+    }
+
+    /** Queue state of the batching engine (active and waiting generate() calls). */
+    stats(): { active: number; waiting: number } {
+        const { engine } = this.#live();
+        const s = engine.stats();
+        return { active: s.active, waiting: s.waiting };
+    }
+
+    /**
+     * Frees the model. In-flight generate() calls end with a DisposedError; resolves once the native thread has
+     * stopped and the memory is released. Idempotent: later calls return the same promise.
+     */
+    dispose(): Promise<void> {
+        if (this.#disposing) return this.#disposing;
+        const native = this.#native;
+        const engine = this.#engine;
+        this.#disposing = (async () => {
+            if (engine) await engine.close();
+            await Promise.allSettled([...this.#inFlight]);
+            native?.dispose();
+            this.#native = undefined;
+            this.#engine = undefined;
+        })();
+        return this.#disposing;
+    }
+
+    [Symbol.asyncDispose](): Promise<void> {
+        return this.dispose();
+    }
+}
+
+function toResult(p: NativeDonePayload): GenerationResult {
+    const tokens = Array.from(p.tokens);
+    return {
+        text: p.text,
+        tokens,
+        finishReason: p.finishReason,
+        usage: {
+            promptTokens: p.promptTokens,
+            completionTokens: tokens.length,
+            promptMs: p.promptMs,
+            generationMs: p.generationMs,
+        },
+    };
+}
+
+function pickDevice(devices: NativeDevice[], backend: string, ordinal?: number): NativeDevice {
+    const cpu = devices.find((d) => d.type === "cpu") ?? { index: -1, name: "CPU", description: "CPU", type: "cpu", backend: "CPU", memoryFree: 0, memoryTotal: 0 };
+    const gpus = devices.filter((d) => d.type === "gpu" || d.type === "igpu");
+    if (backend === "cpu") return cpu;
+    if (backend === "auto") return gpus[0] ?? cpu;
+    const matching = gpus.filter((d) => d.backend.toLowerCase().startsWith(backend === "metal" ? "metal" : backend) || d.backend.toLowerCase().includes(backend));
+    const found = matching[ordinal ?? 0];
+    if (!found) {
+        const available = devices.map((d) => `${d.name} (${d.backend}, ${d.type})`).join(", ") || "none";
+        throw new PhiAgentError("ERR_DEVICE_UNAVAILABLE",
+            `No ${backend}${ordinal !== undefined ? ":" + ordinal : ""} device is usable here; devices found: ${available}. ` +
+            `Use device "auto" or "cpu", check the GPU driver, or install the @node-llama-cpp package for ${backend}.`);
+    }
+    return found;
+}
+
+/** The llama.cpp release of a node-llama-cpp library folder (its build metadata), else "unknown". */
+function libraryRelease(dir: string): string {
+    try {
+        const meta = JSON.parse(fs.readFileSync(path.join(dir, "_nlcBuildMetadata.json"), "utf8")) as { buildOptions?: { llamaCpp?: { release?: string } } };
+        return meta.buildOptions?.llamaCpp?.release ?? "unknown";
+    } catch {
+        return "unknown";
+    }
+}

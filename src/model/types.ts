@@ -1,0 +1,130 @@
+/** Public option and result types of PhiModel. Validation of these lives in ./options.ts. */
+
+/** "auto" | "cpu" | "cuda" | "cuda:N" | "vulkan" | "vulkan:N" | "metal" */
+export type DeviceSpec = "auto" | "cpu" | "cuda" | "vulkan" | "metal" | `cuda:${number}` | `vulkan:${number}`;
+
+export interface LoadOptions {
+    /** Path to a phi2-architecture GGUF file. */
+    modelPath: string;
+    /** Where to run. "auto" (default) uses a usable GPU, else the CPU. */
+    device?: DeviceSpec;
+    /** Layers to offload to the GPU; default: all of them on a GPU, 0 on the CPU. */
+    gpuLayers?: number | "all";
+    /** Max tokens per sequence (prompt + generated). Default: the model's training context (2048 for Phi-2). */
+    contextSize?: number;
+    /** Max generate() calls decoded together (continuous batching). Default 8. More calls wait their turn. */
+    sequences?: number;
+    /** KV cells shared by all sequences. Default: contextSize. A call reserves min(prompt + maxTokens, contextSize). */
+    kvCacheSize?: number;
+    /** Logical batch size for prompt processing. Default 512. */
+    batchSize?: number;
+    /** CPU threads for decoding. Default: see defaultThreads(). */
+    threads?: number;
+    /** CPU threads for prompt processing. Default: same as threads. */
+    batchThreads?: number;
+    /** Memory-map the weights (default true). */
+    mmap?: boolean;
+    /** Folder holding a llama.cpp build's shared libraries (libllama, libggml*) to use instead of the prebuilt ones. Also PHI_LLAMA_LIB_DIR. */
+    libraryPath?: string;
+    /** Cancels the load. */
+    signal?: AbortSignal;
+    /** Load progress, 0..1. */
+    onProgress?: (progress: number) => void;
+}
+
+export interface TokenizeOptions {
+    /** Parse special tokens such as <|endoftext|> (default false: they are plain text). */
+    special?: boolean;
+}
+
+export interface TokenChunk {
+    /** Text completed by this token (may be "" while a multi-byte character is incomplete or a stop string may begin). */
+    text: string;
+    /** The token id. */
+    token: number;
+}
+
+export interface GenerateOptions {
+    /** Max tokens to generate. Default: until EOS or the end of the context. */
+    maxTokens?: number;
+    /** 0 (default) = greedy. */
+    temperature?: number;
+    topK?: number;
+    topP?: number;
+    minP?: number;
+    /** 1 = off (default). */
+    repeatPenalty?: number;
+    presencePenalty?: number;
+    frequencyPenalty?: number;
+    /** Tokens the penalties look back over (default 64). */
+    repeatLastN?: number;
+    /** Seed for sampling; same seed + same options = same tokens. */
+    seed?: number;
+    /** Generation stops before the first occurrence of any of these. */
+    stop?: string[];
+    /** What to do with a prompt that does not fit: "error" (default, ContextOverflowError) or "start" (drop its beginning). */
+    truncate?: "error" | "start";
+    signal?: AbortSignal;
+    /** On abort, resolve with the text so far and finishReason "abort" instead of rejecting with AbortError. */
+    stopOnAbort?: boolean;
+    /** Called for every generated token (from the event loop, batched; never blocks decoding). */
+    onToken?: (chunk: TokenChunk) => void;
+}
+
+export type FinishReason = "eos" | "stop" | "length" | "context" | "abort";
+
+export interface GenerationUsage {
+    promptTokens: number;
+    completionTokens: number;
+    promptMs: number;
+    generationMs: number;
+}
+
+export interface GenerationResult {
+    text: string;
+    tokens: number[];
+    finishReason: FinishReason;
+    usage: GenerationUsage;
+}
+
+export interface DeviceInfo {
+    /** e.g. "CPU", "CUDA0", "Vulkan0" */
+    name: string;
+    description: string;
+    type: "cpu" | "gpu" | "igpu" | "accel" | "other";
+    /** Backend registry name, e.g. "CPU", "CUDA", "Vulkan", "Metal". */
+    backend: string;
+    memoryTotal: number;
+    memoryFree: number;
+}
+
+export interface ModelInfo {
+    path: string;
+    architecture: string;
+    name: string;
+    contextLength: number;
+    embeddingLength: number;
+    layers: number;
+    heads: number;
+    vocabSize: number;
+    /** llama.cpp's file type name, e.g. "Q4_K - Medium". */
+    fileType: string;
+    /** Short quantization tag, e.g. "q4_k_m", "q8_0", "f16", "f32". */
+    quantization: string;
+    fileSize: number;
+    parameterCount: number;
+    /** What was loaded where. */
+    runtime: {
+        device: string;
+        backend: string;
+        gpuLayers: number;
+        contextSize: number;
+        kvCacheSize: number;
+        sequences: number;
+        batchSize: number;
+        threads: number;
+        batchThreads: number;
+        libraryPath: string;
+        llamaCppRelease: string;
+    };
+}
