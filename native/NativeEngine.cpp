@@ -171,11 +171,12 @@ NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     model_->Retain();
     seqUsed_.assign(params_.sequences, false);
     napi_add_env_cleanup_hook(env, EnvCleanup, this);
+    cleanupHook_ = true;
 }
 
 NativeEngine::~NativeEngine() {
-    if (model_ == nullptr || modelRef_.IsEmpty()) return;  // constructor failed
-    napi_remove_env_cleanup_hook(Env(), EnvCleanup, this);
+    if (cleanupHook_) napi_remove_env_cleanup_hook(Env(), EnvCleanup, this);
+    if (!cleanupHook_) return;  // the constructor failed before owning anything
     StopAndJoin();
     if (!closed_) {
         closed_ = true;
@@ -325,6 +326,8 @@ Napi::Value NativeEngine::Close(const Napi::CallbackInfo& info) {
     auto* worker = new CloseWorker(env, this, info.This().As<Napi::Object>(), [this] {
         model_->Release();
         modelRef_.Reset();
+        if (cleanupHook_) napi_remove_env_cleanup_hook(Env(), EnvCleanup, this);
+        cleanupHook_ = false;
     });
     Napi::Promise promise = worker->Promise();
     worker->Queue();

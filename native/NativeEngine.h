@@ -120,4 +120,5 @@ private:
     uint32_t nextId_ = 1;
     std::thread thread_;
     bool closed_ = false;
+    bool cleanupHook_ = false;
 };
