@@ -19,6 +19,7 @@ struct Event {
     std::string text;
     llama_token token = -1;
     std::vector<llama_token> tokens;
+    std::vector<float> logits;
     std::string finishReason;
     std::string errorCode;
     std::string error;
@@ -49,6 +50,11 @@ void CallJs(Napi::Env env, Napi::Function fn, Event* event) {
     payload.Set("text", Napi::String::New(env, owned->text));
     payload.Set("tokens", tokens);
     payload.Set("finishReason", Napi::String::New(env, owned->finishReason));
+    if (!owned->logits.empty()) {
+        Napi::Float32Array logits = Napi::Float32Array::New(env, owned->logits.size());
+        std::copy(owned->logits.begin(), owned->logits.end(), logits.Data());
+        payload.Set("logits", logits);
+    }
     payload.Set("promptTokens", Napi::Number::New(env, (double)owned->promptTokens));
     payload.Set("promptMs", Napi::Number::New(env, owned->promptMs));
     payload.Set("generationMs", Napi::Number::New(env, owned->generationMs));
@@ -270,6 +276,7 @@ Napi::Value NativeEngine::Submit(const Napi::CallbackInfo& info) {
     }
     r->maxTokens = GetInt(o, "maxTokens", -1);
     r->stream = o.Get("stream").ToBoolean().Value();
+    r->captureLogits = o.Get("captureLogits").ToBoolean().Value();
     r->sampling.temperature = GetFloat(o, "temperature", 0.0f);
     r->sampling.topK = GetInt(o, "topK", 0);
     r->sampling.topP = GetFloat(o, "topP", 1.0f);
@@ -511,6 +518,10 @@ void NativeEngine::Step() {
     for (auto& r : active_)
         if (r->batchIndex >= 0) ready.push_back(r);
     for (auto& r : ready) {
+        if (r->captureLogits && r->logits.empty()) {
+            const float* logits = api.llama_get_logits_ith(ctx_.get(), r->batchIndex);
+            if (logits != nullptr) r->logits.assign(logits, logits + model_->NVocab());
+        }
         const llama_token token = api.llama_sampler_sample(r->sampler.get(), ctx_.get(), r->batchIndex);
         r->batchIndex = -1;
         if (!r->generating) {
@@ -624,6 +635,7 @@ void NativeEngine::Post(const std::shared_ptr<Request>& r, bool done) {
         event->text = r->text;
         event->tokens = r->generated;
         event->finishReason = r->finishReason;
+        event->logits = std::move(r->logits);
         event->promptTokens = r->prompt.size();
         const int64_t start = r->tStart ? r->tStart : r->tEnd;
         const int64_t first = r->tFirst ? r->tFirst : r->tEnd;

@@ -50,6 +50,8 @@ struct Request {
     int32_t maxTokens = -1;  // -1 = until EOS / end of context
     std::vector<std::string> stops;
     bool stream = false;
+    bool captureLogits = false;  // keep the first step's logits (PhiModel.evaluate)
+    std::vector<float> logits;
     Napi::ThreadSafeFunction callback;  // (kind: "token"|"done"|"error", payload)
 
     std::atomic<bool> aborted{false};

@@ -215,7 +215,26 @@ export class PhiModel implements AsyncDisposable {
         return { engine, tokens };
     }
 
-    #run(engine: NativeEngine, tokens: Int32Array, o: ResolvedGenerateOptions, caller: Error): Promise<GenerationResult> {
+    /**
+     * The model's raw next-token logits after `prompt` (a string, or token ids): one Float32Array of vocabSize
+     * scores, exactly what generate()'s first step samples from. For scoring, tests and reference checks.
+     */
+    async evaluate(prompt: string | readonly number[], options: { signal?: AbortSignal } = {}): Promise<Float32Array> {
+        const caller = new Error();
+        const o = resolveGenerateOptions({ maxTokens: 1, signal: options.signal });
+        let engine: NativeEngine, tokens: Int32Array;
+        if (typeof prompt === "string") ({ engine, tokens } = this.#prepare(prompt, o));
+        else {
+            engine = this.#live().engine;
+            tokens = checkTokens("prompt", prompt, this.info.vocabSize);
+            if (tokens.length === 0) throw new RangeError(`"prompt" is empty; pass at least one token`);
+            if (tokens.length > this.info.runtime.contextSize) throw new ContextOverflowError(tokens.length, this.info.runtime.contextSize);
+        }
+        const result = await this.#run(engine, tokens, o, caller, true);
+        return (result as GenerationResult & { logits: Float32Array }).logits;
+    }
+
+    #run(engine: NativeEngine, tokens: Int32Array, o: ResolvedGenerateOptions, caller: Error, captureLogits = false): Promise<GenerationResult> {
         if (o.signal?.aborted) return Promise.reject(withCallerStack(new AbortError("The generation was aborted before it started"), caller));
         const onToken = o.onToken;
         const promise = new Promise<GenerationResult>((resolve, reject) => {
@@ -225,7 +244,7 @@ export class PhiModel implements AsyncDisposable {
             id = engine.submit(tokens, {
                 maxTokens: o.maxTokens, stream: onToken !== undefined, temperature: o.temperature, topK: o.topK, topP: o.topP,
                 minP: o.minP, repeatPenalty: o.repeatPenalty, presencePenalty: o.presencePenalty,
-                frequencyPenalty: o.frequencyPenalty, repeatLastN: o.repeatLastN, seed: o.seed, stop: o.stop,
+                frequencyPenalty: o.frequencyPenalty, repeatLastN: o.repeatLastN, seed: o.seed, stop: o.stop, captureLogits,
             }, (kind, payload) => {
                 if (kind === "token") {
                     try {
@@ -240,6 +259,7 @@ export class PhiModel implements AsyncDisposable {
                 settle();
                 if (kind === "error") return reject(nativeError(payload.code, payload.message, caller));
                 const result = toResult(payload);
+                if (captureLogits) Object.defineProperty(result, "logits", { value: payload.logits ?? new Float32Array(0) });
                 if (result.finishReason === "abort" && !o.stopOnAbort) {
                     const err = withCallerStack(new AbortError("The generation was aborted"), caller);
                     (err as AbortError & { partial?: GenerationResult }).partial = result;

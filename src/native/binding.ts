@@ -59,6 +59,7 @@ export interface NativeSubmitOptions {
     repeatLastN: number;
     seed: number;
     stop: string[];
+    captureLogits?: boolean;
 }
 
 export interface NativeDonePayload {
@@ -69,6 +70,7 @@ export interface NativeDonePayload {
     promptMs: number;
     generationMs: number;
     queuedMs: number;
+    logits?: Float32Array;
 }
 
 export type NativeEvent =
