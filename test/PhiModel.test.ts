@@ -161,6 +161,30 @@ describe("PhiModel", function () {
             expect(streamed).to.not.include(stop);
         });
 
+        it("ends with 'eos' when the model emits <|endoftext|>", async function () {
+            // A copy of the tiny model whose output bias makes <|endoftext|> (50256) the greedy choice.
+            const header = await readGGUF(modelPath);
+            const bias = header.tensors.find((t) => t.name === "output.bias")!;
+            const dir = fs.mkdtempSync(path.join(os.tmpdir(), "phi-eos-"));
+            const file = path.join(dir, "eos.gguf");
+            fs.copyFileSync(modelPath, file);
+            const fd = fs.openSync(file, "r+");
+            const value = Buffer.alloc(4);
+            value.writeFloatLE(1000);
+            fs.writeSync(fd, value, 0, 4, header.dataOffset + bias.offset + 50256 * 4);
+            fs.closeSync(fd);
+            const eos = await PhiModel.load({ modelPath: file, threads: 2, contextSize: 64 });
+            try {
+                const r = await eos.generate(SEED_PROMPT, { maxTokens: 10 });
+                expect(r.finishReason).to.equal("eos");
+                expect(r.tokens).to.deep.equal([]);
+                expect(r.text).to.equal("");
+            } finally {
+                await eos.dispose();
+                fs.rmSync(dir, { recursive: true, force: true });
+            }
+        });
+
         it("ends with 'context' when the sequence fills the context", async function () {
             const small = await PhiModel.load({ modelPath, threads: 2, contextSize: 16 });
             try {
