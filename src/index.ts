@@ -17,3 +17,6 @@ export {
 } from "./errors.js";
 export { readGGUF, checkPhi2, inspectGGUF, type GGUFHeader, type GGUFSummary } from "./gguf/index.js";
 export { makeTestModel, type MakeTestModelOptions, type TestModelShape, type TestModelType } from "./testModel/makeTestModel.js";
+export * from "./messages/index.js";
+export * from "./guild/index.js";
+export * from "./agent/index.js";

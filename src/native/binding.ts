@@ -278,7 +278,29 @@ export function ensureLibrary(backend: "auto" | "cpu" | "cuda" | "vulkan" | "met
     return pick;
 }
 
+/** Physical cores (hyperthread siblings counted once) where the OS tells, else logical CPUs. */
+export function physicalCores(): number {
+    const logical = typeof os.availableParallelism === "function" ? os.availableParallelism() : os.cpus().length;
+    if (process.platform !== "linux") return logical;
+    try {
+        const cores = new Set<string>();
+        let physical = "0";
+        for (const line of fs.readFileSync("/proc/cpuinfo", "utf8").split("\n")) {
+            const [key, value] = line.split(":").map((s) => s.trim());
+            if (key === "physical id") physical = value ?? "0";
+            else if (key === "core id") cores.add(`${physical}:${value}`);
+        }
+        return cores.size > 0 ? Math.min(cores.size, logical) : logical;
+    } catch {
+        return logical;
+    }
+}
+
+/**
+ * Default ggml threads: one per physical core (SMT siblings share the FPU and memory port that decoding is bound
+ * by), at most 8 (decode is memory-bandwidth bound; past that, more threads only add barrier overhead).
+ * The JS thread is idle while generate() runs natively, so using every core does not starve it.
+ */
 export function defaultThreads(): number {
-    const cores = typeof os.availableParallelism === "function" ? os.availableParallelism() : os.cpus().length;
-    return Math.max(1, Math.min(cores, 8));
+    return Math.max(1, Math.min(physicalCores(), 8));
 }

@@ -1,0 +1,178 @@
+/**
+ * LLMPhiAgent: RusticAI's `LLMPhiAgent`, on a local Phi-2 GGUF through PhiModel (never native code
+ * directly). It loads the model once when the guild starts it, shares it between all requests —
+ * concurrent requests go straight to `model.generate()`, which decodes them together — and
+ * disposes it when the guild shuts down.
+ *
+ * Every GenerationPromptRequest gets exactly one reply with `in_response_to` set to its id: a
+ * GenerationPromptResponse, or an ErrorMessage (invalid payload, empty prompt, prompt longer than
+ * the context, generation failure, model not loaded). The agent keeps serving afterwards.
+ */
+import { ContextOverflowError } from "../errors.js";
+import { Agent, type AgentSpec, type ProcessContext } from "../guild/agent.js";
+import { ErrorMessage, GenerationPromptRequest, GenerationPromptResponse } from "../messages/formats.js";
+import { PhiModel } from "../model/PhiModel.js";
+import type { GenerateOptions, LoadOptions } from "../model/types.js";
+import { PhiAgentProps } from "./PhiAgentProps.js";
+
+export class LLMPhiAgent extends Agent<PhiAgentProps> {
+    /** Validates the properties in AgentBuilder.buildSpec(). */
+    static readonly Props = PhiAgentProps;
+
+    readonly #props: PhiAgentProps;
+    #model: PhiModel | undefined;
+    #loading: Promise<PhiModel> | undefined;
+    #loadError: Error | undefined;
+
+    constructor(spec: AgentSpec<PhiAgentProps>) {
+        super(spec);
+        // a spec built by AgentBuilder holds a PhiAgentProps already; a hand-made one is checked here
+        this.#props = spec.properties instanceof PhiAgentProps ? spec.properties : PhiAgentProps.from(spec.properties);
+        this.handle(GenerationPromptRequest, (ctx) => this.#generate(ctx));
+    }
+
+    override get props(): PhiAgentProps {
+        return this.#props;
+    }
+
+    /** The loaded model (undefined before it has loaded, after shutdown, or when loading failed). */
+    get model(): PhiModel | undefined {
+        return this.#model;
+    }
+
+    /** Why the model could not be loaded, if it could not. */
+    get loadError(): Error | undefined {
+        return this.#loadError;
+    }
+
+    /** Resolves with the model once loaded; rejects with the load error. */
+    async ready(): Promise<PhiModel> {
+        if (this.#model) return this.#model;
+        if (this.#loadError) throw this.#loadError;
+        if (!this.#loading) throw new Error(`LLMPhiAgent "${this.id}" has not been started; launch its guild first`);
+        return this.#loading;
+    }
+
+    /** Loads the model; a subclass may override it (e.g. to share one model between agents). */
+    protected loadModel(options: LoadOptions): Promise<PhiModel> {
+        return PhiModel.load(options);
+    }
+
+    protected override async onStart(): Promise<void> {
+        const props = this.#props;
+        const started = Date.now();
+        this.log("info", `loading model ${props.modelPath} (device ${props.device}, context ${props.contextSize})`);
+        const options = props.toLoadOptions({
+            signal: this.stopSignal,
+            onProgress: (progress) => this.emitEvent({ type: "model_load_progress", agentId: this.id, progress }),
+        });
+        this.#loading = (async () => this.loadModel(options))();
+        try {
+            const model = await this.#loading;
+            this.#model = model;
+            this.emitEvent({ type: "model_loaded", agentId: this.id, info: model.info, loadMs: Date.now() - started });
+        } catch (err) {
+            // Not fatal to the guild: each request is answered with an ErrorMessage saying why.
+            this.#loadError = err instanceof Error ? err : new Error(String(err));
+            this.emitEvent({ type: "model_load_failed", agentId: this.id, error: this.#loadError });
+        }
+    }
+
+    protected override async onStop(): Promise<void> {
+        const model = this.#model;
+        this.#model = undefined;
+        if (model) {
+            await model.dispose();
+            this.emitEvent({ type: "model_disposed", agentId: this.id });
+        }
+    }
+
+    async #generate(ctx: ProcessContext<GenerationPromptRequest>): Promise<void> {
+        const request = ctx.payload;
+        const prompt = request.generation_prompt;
+        if (prompt.length === 0) {
+            ctx.sendError(this.#invalid("generation_prompt must not be empty; send the text the model should continue"));
+            return;
+        }
+        const model = this.#model;
+        if (!model) {
+            const cause = this.#loadError ?? new Error("the model is not loaded (the agent is stopping)");
+            const causeCode = (cause as { code?: unknown }).code;
+            ctx.sendError(ErrorMessage.create({
+                agent_type: this.agentType,
+                error_type: "ModelLoadError",
+                error_message: `The model ${JSON.stringify(this.#props.modelPath)} could not be loaded, so no text can be generated: ${cause.message}`,
+                code: typeof causeCode === "string" ? causeCode : "ERR_LOAD_FAILED",
+            }));
+            return;
+        }
+        const props = this.#props;
+        try {
+            // the seed's max_length counts the prompt: budget = maxLength - prompt tokens (at least 1, as transformers does)
+            const promptTokens = model.tokenize(prompt).length;
+            const maxTokens = request.max_tokens ?? props.maxNewTokens ?? Math.max(1, props.maxLength - promptTokens);
+            const options: GenerateOptions = { maxTokens, temperature: request.temperature ?? props.temperature, signal: ctx.signal };
+            const topK = request.top_k ?? props.topK;
+            const topP = request.top_p ?? props.topP;
+            const seed = request.seed ?? props.seed;
+            const stop = request.stop ?? props.stop;
+            if (topK !== undefined) options.topK = topK;
+            if (topP !== undefined) options.topP = topP;
+            if (seed !== undefined) options.seed = seed;
+            if (props.repeatPenalty !== undefined) options.repeatPenalty = props.repeatPenalty;
+            if (stop.length > 0) options.stop = [...stop];
+
+            const result = await model.generate(prompt, options);
+            ctx.send(GenerationPromptResponse.create({
+                generation_prompt: prompt,
+                generated_response: props.includePrompt ? prompt + result.text : result.text,
+                finish_reason: result.finishReason,
+                usage: {
+                    prompt_tokens: result.usage.promptTokens,
+                    completion_tokens: result.usage.completionTokens,
+                    total_tokens: result.usage.promptTokens + result.usage.completionTokens,
+                    prompt_ms: result.usage.promptMs,
+                    generation_ms: result.usage.generationMs,
+                },
+            }));
+        } catch (err) {
+            ctx.sendError(this.#errorFor(err));
+        }
+    }
+
+    /** The ErrorMessage payload for a failure of tokenize()/generate(). */
+    #errorFor(err: unknown): ErrorMessage {
+        if (err instanceof ContextOverflowError) {
+            return ErrorMessage.create({
+                agent_type: this.agentType,
+                error_type: "ContextOverflowError",
+                error_message: `The prompt is ${err.promptTokens} tokens but the context holds ${err.contextSize}; ` +
+                    `shorten generation_prompt, or give the agent a larger contextSize (PhiAgentProps) if the model supports it`,
+                code: err.code,
+                details: { prompt_tokens: err.promptTokens, context_size: err.contextSize },
+            });
+        }
+        // argument checks of PhiModel (e.g. a lone surrogate or a NUL in the prompt) are the request's fault
+        if ((err instanceof TypeError || err instanceof RangeError) && (err as { code?: unknown }).code === undefined) {
+            return this.#invalid(err.message);
+        }
+        const e = err instanceof Error ? err : new Error(String(err));
+        const code = (e as { code?: unknown }).code;
+        const payload: ErrorMessage = {
+            agent_type: this.agentType,
+            error_type: e.name === "PhiAgentError" ? "GenerationError" : e.name || "GenerationError",
+            error_message: `Generation failed: ${e.message}`,
+        };
+        if (typeof code === "string") payload.code = code;
+        return ErrorMessage.create(payload);
+    }
+
+    #invalid(message: string): ErrorMessage {
+        return ErrorMessage.create({
+            agent_type: this.agentType,
+            error_type: "ValidationError",
+            error_message: `Invalid GenerationPromptRequest: ${message}`,
+            code: "ERR_INVALID_ARGUMENT",
+        });
+    }
+}

@@ -1,0 +1,115 @@
+/**
+ * The messaging backend: how messages travel between the members of a guild. Agents and clients
+ * only see this interface, so a networked backend (Redis, NATS, ...) can replace the embedded
+ * in-memory one without touching them.
+ */
+import { PhiAgentError } from "../errors.js";
+import type { Message } from "../messages/message.js";
+
+/** Receives one message. May return a promise; a rejection is reported, never thrown at the publisher. */
+export type MessageHandler = (message: Message) => void | Promise<void>;
+
+export interface MessagingBackend {
+    /**
+     * Delivers `message` to every subscriber of `topic` in `namespace` (a guild's id). Must not call
+     * handlers synchronously, and must give each subscriber its own copy.
+     */
+    publish(namespace: string, topic: string, message: Message): void | Promise<void>;
+    /** Registers `handler` as `subscriberId`'s only handler for `topic` (replaces an earlier one). */
+    subscribe(namespace: string, topic: string, subscriberId: string, handler: MessageHandler): void | Promise<void>;
+    /** Removes `subscriberId`'s handler for `topic`; unknown subscriptions are ignored. */
+    unsubscribe(namespace: string, topic: string, subscriberId: string): void | Promise<void>;
+    /** Releases the backend; later publishes fail. Idempotent. */
+    close(): void | Promise<void>;
+}
+
+export interface InMemoryMessagingBackendOptions {
+    /** Called when a handler throws or rejects. Default: ignored (the guild wraps its handlers itself). */
+    onHandlerError?: (error: unknown, context: { namespace: string; topic: string; subscriberId: string; message: Message }) => void;
+}
+
+/**
+ * The embedded default: one process, no network. Each publish delivers a structured clone of the
+ * message to every subscriber, from a later macrotask (setImmediate), in publish order per topic.
+ */
+export class InMemoryMessagingBackend implements MessagingBackend {
+    readonly #subscriptions = new Map<string, Map<string, MessageHandler>>();
+    readonly #onHandlerError: InMemoryMessagingBackendOptions["onHandlerError"];
+    #closed = false;
+
+    constructor(options: InMemoryMessagingBackendOptions = {}) {
+        this.#onHandlerError = options.onHandlerError;
+    }
+
+    get closed(): boolean {
+        return this.#closed;
+    }
+
+    publish(namespace: string, topic: string, message: Message): void {
+        this.#assertOpen("publish");
+        const subscribers = this.#subscriptions.get(key(namespace, topic));
+        if (!subscribers || subscribers.size === 0) return;
+        for (const [subscriberId, handler] of [...subscribers]) {
+            const copy = structuredClone(message);
+            setImmediate(() => {
+                // a subscriber that left after the publish no longer receives it
+                if (this.#closed || this.#subscriptions.get(key(namespace, topic))?.get(subscriberId) !== handler) return;
+                try {
+                    const result = handler(copy);
+                    if (result && typeof (result as Promise<void>).then === "function") {
+                        (result as Promise<void>).catch((err) => this.#report(err, namespace, topic, subscriberId, copy));
+                    }
+                } catch (err) {
+                    this.#report(err, namespace, topic, subscriberId, copy);
+                }
+            });
+        }
+    }
+
+    subscribe(namespace: string, topic: string, subscriberId: string, handler: MessageHandler): void {
+        this.#assertOpen("subscribe");
+        if (typeof handler !== "function") {
+            throw Object.assign(new TypeError(`subscribe: handler must be a function; got ${typeof handler}`), { code: "ERR_INVALID_ARGUMENT" });
+        }
+        const k = key(namespace, topic);
+        let subscribers = this.#subscriptions.get(k);
+        if (!subscribers) this.#subscriptions.set(k, (subscribers = new Map()));
+        subscribers.set(subscriberId, handler);
+    }
+
+    unsubscribe(namespace: string, topic: string, subscriberId: string): void {
+        const k = key(namespace, topic);
+        const subscribers = this.#subscriptions.get(k);
+        if (!subscribers) return;
+        subscribers.delete(subscriberId);
+        if (subscribers.size === 0) this.#subscriptions.delete(k);
+    }
+
+    /** Subscriber ids of a topic (for tests and diagnostics). */
+    subscribers(namespace: string, topic: string): string[] {
+        return [...(this.#subscriptions.get(key(namespace, topic))?.keys() ?? [])];
+    }
+
+    close(): void {
+        this.#closed = true;
+        this.#subscriptions.clear();
+    }
+
+    #assertOpen(what: string): void {
+        if (this.#closed) {
+            throw new PhiAgentError("ERR_DISPOSED", `InMemoryMessagingBackend.${what}: the backend is closed (its guild was shut down); launch a new guild`);
+        }
+    }
+
+    #report(err: unknown, namespace: string, topic: string, subscriberId: string, message: Message): void {
+        try {
+            this.#onHandlerError?.(err, { namespace, topic, subscriberId, message });
+        } catch {
+            // a failing error reporter must not break delivery
+        }
+    }
+}
+
+function key(namespace: string, topic: string): string {
+    return `${namespace}\u0000${topic}`;
+}

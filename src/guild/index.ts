@@ -1,0 +1,15 @@
+export {
+    Agent,
+    ProcessContext,
+    type AgentSpec,
+    type AgentClass,
+    type AgentRuntime,
+    type AgentState,
+    type PropsParser,
+    type SendOptions,
+} from "./agent.js";
+export { AgentBuilder, GuildBuilder, agentSpecToJSON, type AgentPropsOf, type AgentPropsInputOf } from "./builders.js";
+export { Guild, type GuildSpec, type GuildState } from "./guild.js";
+export { GuildClient, ProbeClient, GuildTimeoutError, type PublishOptions, type RequestOptions } from "./client.js";
+export { InMemoryMessagingBackend, type MessagingBackend, type MessageHandler, type InMemoryMessagingBackendOptions } from "./backend.js";
+export { formatGuildEvent, type GuildEvent, type GuildEventBody, type GuildEventListener, type LogLevel } from "./events.js";
