@@ -46,7 +46,6 @@
     X(llama_vocab_eos)                      \
     X(llama_tokenize)                       \
     X(llama_token_to_piece)                 \
-    X(llama_detokenize)                     \
     X(llama_n_ctx)                          \
     X(llama_n_batch)                        \
     X(llama_get_memory)                     \

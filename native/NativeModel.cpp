@@ -280,21 +280,21 @@ Napi::Value NativeModel::Detokenize(const Napi::CallbackInfo& info) {
             return env.Undefined();
         }
     }
+    // The concatenation of each token's piece: exactly the bytes generation produces. (llama_detokenize would
+    // also "clean up" BPE spaces, e.g. " ." -> ".", which is not lossless.)
     const LlamaApi& api = LlamaLib::Api();
     std::string text;
-    text.resize(tokens.ElementLength() * 8 + 16);
-    int32_t n = api.llama_detokenize(vocab_, tokens.Data(), (int32_t)tokens.ElementLength(), text.data(),
-                                     (int32_t)text.size(), false, special);
-    if (n < 0) {
-        text.resize((size_t)-n);
-        n = api.llama_detokenize(vocab_, tokens.Data(), (int32_t)tokens.ElementLength(), text.data(),
-                                 (int32_t)text.size(), false, special);
+    char buffer[256];
+    for (size_t i = 0; i < tokens.ElementLength(); i++) {
+        int32_t n = api.llama_token_to_piece(vocab_, tokens[i], buffer, sizeof buffer, 0, special);
+        if (n >= 0) {
+            text.append(buffer, (size_t)n);
+            continue;
+        }
+        std::string piece((size_t)-n, '\0');
+        n = api.llama_token_to_piece(vocab_, tokens[i], piece.data(), (int32_t)piece.size(), 0, special);
+        if (n > 0) text.append(piece.data(), (size_t)n);
     }
-    if (n < 0) {
-        MakeError(env, "ERR_INVALID_ARGUMENT", "llama.cpp failed to detokenize").ThrowAsJavaScriptException();
-        return env.Undefined();
-    }
-    text.resize((size_t)n);
     return Napi::String::New(env, text);
 }
 

@@ -58,7 +58,11 @@ export interface GenerateOptions {
     frequencyPenalty?: number;
     /** Tokens the penalties look back over (default 64). */
     repeatLastN?: number;
-    /** Seed for sampling; same seed + same options = same tokens. */
+    /**
+     * Seed for sampling: same seed + same options + same prompt = same tokens when the call runs alone. Calls
+     * decoded together in one batch may see logits differ in the last bits (llama.cpp's batched attention
+     * rounds differently), which can change a sampled token; greedy output is unaffected in practice.
+     */
     seed?: number;
     /** Generation stops before the first occurrence of any of these. */
     stop?: string[];
