@@ -16,6 +16,7 @@
  * Prints files tried, loaded, refused with a typed error (by code), untyped errors, hangs and process deaths.
  * Exit code 1 when any worker died or hung, or an error was not typed, or a named case got the wrong code.
  */
+import { flag, numberFlag } from "./args.js";
 import { fork, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
@@ -83,21 +84,6 @@ async function worker(): Promise<void> {
 // ---------------------------------------------------------------------------------------------------------------
 // parent
 
-function flag(name: string): string | undefined {
-    const i = process.argv.indexOf(`--${name}`);
-    return i >= 0 ? process.argv[i + 1] : undefined;
-}
-
-function numberFlag(name: string, fallback: number, min: number): number {
-    const v = flag(name);
-    if (v === undefined) return fallback;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min) {
-        console.error(`--${name} expects a number ≥ ${min}, got ${JSON.stringify(v)}`);
-        process.exit(2);
-    }
-    return n;
-}
 
 interface Death { name: string; file: string; how: string; stderr: string }
 

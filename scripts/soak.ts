@@ -20,6 +20,7 @@
  * threshold: buffers ≥ 1 MiB are always mmapped and given back on free), so RSS tracks live memory. Pass
  * --default-malloc to measure with the allocator's defaults instead.
  */
+import { flag, numberFlag as num } from "./args.js";
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { setFlagsFromString } from "node:v8";
@@ -27,21 +28,6 @@ import { runInNewContext } from "node:vm";
 import { PhiModel } from "../src/index.js";
 import { ensureTestModel } from "../src/testModel/makeTestModel.js";
 
-function flag(name: string): string | undefined {
-    const i = process.argv.indexOf(`--${name}`);
-    return i >= 0 ? process.argv[i + 1] : undefined;
-}
-
-function num(name: string, fallback: number, min: number): number {
-    const v = flag(name);
-    if (v === undefined) return fallback;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min) {
-        console.error(`--${name} expects a number ≥ ${min}, got ${JSON.stringify(v)}`);
-        process.exit(2);
-    }
-    return n;
-}
 
 function fullGc(): () => void {
     const g = (globalThis as { gc?: () => void }).gc;

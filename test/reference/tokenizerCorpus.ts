@@ -4,6 +4,7 @@
  * 20 kB string, and seeded random mixes of all of these. No NUL characters and no lone surrogates (tokenize()
  * refuses those with a RangeError, see badArguments.test.ts).
  */
+import { prng as rng } from "../../scripts/malformed-corpus.js";
 
 const CODE = [
     "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
@@ -96,17 +97,6 @@ const PROSE = [
     "a", " ", "\n", "\t", "\r\n", ".", "!!!!!!", "----------", "==========", "__init__",
 ];
 
-/** A small deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-        a = (a + 0x6d2b79f5) >>> 0;
-        let t = a;
-        t = Math.imul(t ^ (t >>> 15), t | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-}
 
 const PIECES = [
     "the", "The", " agent", "model", "Phi", "-2", "llama", ".cpp", "42", "3.5", "日本", "мир", "🤖", "👩‍💻", "é", "ß",
