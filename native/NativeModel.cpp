@@ -35,6 +35,7 @@ public:
             llama_model_params params = api.llama_model_default_params();
             params.n_gpu_layers = baton_.gpuLayers;
             params.load_mode = baton_.useMmap ? LLAMA_LOAD_MODE_MMAP : LLAMA_LOAD_MODE_NONE;
+            params.use_extra_bufts = baton_.repack;
             // devices: NULL-terminated list; an empty list keeps everything on the CPU.
             ggml_backend_dev_t devices[2] = {nullptr, nullptr};
             if (baton_.deviceIndex >= 0 && (size_t)baton_.deviceIndex < api.ggml_backend_dev_count()) {
@@ -177,6 +178,8 @@ Napi::Value NativeModel::Load(const Napi::CallbackInfo& info) {
         baton.deviceIndex = options.Get("deviceIndex").As<Napi::Number>().Int32Value();
     if (options.Has("mmap") && options.Get("mmap").IsBoolean())
         baton.useMmap = options.Get("mmap").As<Napi::Boolean>().Value();
+    if (options.Has("repack") && options.Get("repack").IsBoolean())
+        baton.repack = options.Get("repack").As<Napi::Boolean>().Value();
     Napi::Function onProgress;
     if (info.Length() > 2 && info[2].IsFunction()) onProgress = info[2].As<Napi::Function>();
 

@@ -14,6 +14,7 @@ struct LoadBaton {  // everything the load needs, copied off the JS values befor
     int32_t gpuLayers = 0;
     int32_t deviceIndex = -1;  // index into ggml's device list; -1 = CPU only
     bool useMmap = true;
+    bool repack = true;  // llama.cpp's extra CPU buffer types: weights repacked for faster kernels (a copy, not mmapped)
 };
 
 class NativeModel : public Napi::ObjectWrap<NativeModel> {

@@ -71,7 +71,7 @@ export class PhiModel implements AsyncDisposable {
         const onAbort = () => native.abortLoad();
         o.signal?.addEventListener("abort", onAbort, { once: true });
         try {
-            await native.load(o.modelPath, { gpuLayers, deviceIndex: device.type === "cpu" ? -1 : device.index, mmap: o.mmap }, o.onProgress);
+            await native.load(o.modelPath, { gpuLayers, deviceIndex: device.type === "cpu" ? -1 : device.index, mmap: o.mmap, repack: o.repack }, o.onProgress);
         } catch (err) {
             const e = err as Error & { code?: string };
             if (e.code === "ERR_ABORTED" || o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted", err), caller);

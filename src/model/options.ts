@@ -107,6 +107,9 @@ export function parseDevice(value: unknown): ParsedDevice {
     return m[2] !== undefined ? { backend, ordinal: Number(m[2]) } : { backend };
 }
 
+/** Default of LoadOptions.repack (chosen from measurements: README "Memory and load time"). */
+export const DEFAULT_REPACK = true;
+
 export interface ResolvedLoadOptions {
     modelPath: string;
     device: ParsedDevice;
@@ -119,13 +122,14 @@ export interface ResolvedLoadOptions {
     threads?: number;
     batchThreads?: number;
     mmap: boolean;
+    repack: boolean;
     libraryPath?: string;
     signal?: AbortSignal;
     onProgress?: (progress: number) => void;
 }
 
 const LOAD_KEYS = new Set(["modelPath", "device", "gpuLayers", "contextSize", "sequences", "kvCacheSize", "batchSize",
-    "threads", "batchThreads", "mmap", "libraryPath", "signal", "onProgress"]);
+    "threads", "batchThreads", "mmap", "repack", "libraryPath", "signal", "onProgress"]);
 
 export function resolveLoadOptions(options: unknown): ResolvedLoadOptions {
     if (typeof options !== "object" || options === null) throw new TypeError(`PhiModel.load() expects an options object such as { modelPath: "models/phi-2.Q4_K_M.gguf" }, got ${show(options)}`);
@@ -147,6 +151,7 @@ export function resolveLoadOptions(options: unknown): ResolvedLoadOptions {
         sequences: o.sequences === undefined ? 8 : checkInteger("sequences", o.sequences, 1, 256),
         batchSize: o.batchSize === undefined ? 512 : checkInteger("batchSize", o.batchSize, 1, 65536),
         mmap: o.mmap === undefined ? true : checkBoolean("mmap", o.mmap),
+        repack: o.repack === undefined ? DEFAULT_REPACK : checkBoolean("repack", o.repack),
     };
     if (o.contextSize !== undefined) r.contextSize = checkInteger("contextSize", o.contextSize, 1, 1 << 20);
     if (o.kvCacheSize !== undefined) r.kvCacheSize = checkInteger("kvCacheSize", o.kvCacheSize, 1, 1 << 24);

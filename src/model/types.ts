@@ -24,6 +24,11 @@ export interface LoadOptions {
     batchThreads?: number;
     /** Memory-map the weights (default true). */
     mmap?: boolean;
+    /**
+     * Let llama.cpp repack CPU weights into its interleaved layouts (faster matrix kernels, but a private copy of
+     * the weights: more RSS and a slower load). Default: see README "Memory and load time".
+     */
+    repack?: boolean;
     /** Folder holding a llama.cpp build's shared libraries (libllama, libggml*) to use instead of the prebuilt ones. Also PHI_LLAMA_LIB_DIR. */
     libraryPath?: string;
     /** Cancels the load. */

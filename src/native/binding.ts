@@ -36,7 +36,7 @@ export interface NativeModelInfo {
 }
 
 export interface NativeModel {
-    load(path: string, options: { gpuLayers: number; deviceIndex: number; mmap: boolean },
+    load(path: string, options: { gpuLayers: number; deviceIndex: number; mmap: boolean; repack: boolean },
         onProgress?: (progress: number) => void): Promise<void>;
     abortLoad(): void;
     info(): NativeModelInfo;
