@@ -384,7 +384,7 @@ void NativeEngine::Run() {
         Fail(r, "ERR_DISPOSED", "the model was disposed during this generation");
 }
 
-bool NativeEngine::Admit() {
+void NativeEngine::Admit() {
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto it = waiting_.begin(); it != waiting_.end();) {
         if ((*it)->aborted) {
@@ -395,7 +395,6 @@ bool NativeEngine::Admit() {
             ++it;
         }
     }
-    bool admitted = false;
     while (!waiting_.empty()) {
         auto& r = waiting_.front();
         auto freeSeq = std::find(seqUsed_.begin(), seqUsed_.end(), false);
@@ -407,10 +406,7 @@ bool NativeEngine::Admit() {
         BuildSampler(*r);
         active_.push_back(r);
         waiting_.pop_front();
-        admitted = true;
     }
-    activeCount_ = (uint32_t)active_.size();
-    return admitted;
 }
 
 void NativeEngine::BuildSampler(Request& r) {
@@ -610,8 +606,7 @@ void NativeEngine::Finish(std::shared_ptr<Request> r, const std::string& reason)
     r->pending.clear();
     ReleaseSequence(*r);
     active_.erase(std::remove(active_.begin(), active_.end(), r), active_.end());
-    activeCount_ = (uint32_t)active_.size();
-    Post(r, true);
+    PostDone(r);
 }
 
 void NativeEngine::Fail(std::shared_ptr<Request> r, const std::string& code, const std::string& message) {
@@ -620,12 +615,10 @@ void NativeEngine::Fail(std::shared_ptr<Request> r, const std::string& code, con
     r->tEnd = NowUs();
     ReleaseSequence(*r);
     active_.erase(std::remove(active_.begin(), active_.end(), r), active_.end());
-    activeCount_ = (uint32_t)active_.size();
-    Post(r, true);
+    PostDone(r);
 }
 
-void NativeEngine::Post(const std::shared_ptr<Request>& r, bool done) {
-    if (!done) return;
+void NativeEngine::PostDone(const std::shared_ptr<Request>& r) {
     auto* event = new Event();
     event->done = true;
     if (!r->errorCode.empty()) {

@@ -93,12 +93,12 @@ private:
     Napi::Value Stats(const Napi::CallbackInfo& info);        // () => { active, waiting }
 
     void Run();  // the engine thread
-    bool Admit();
+    void Admit();
     void Step();
     void ProcessToken(Request& r, llama_token token);
     void Finish(std::shared_ptr<Request> r, const std::string& reason);
     void Fail(std::shared_ptr<Request> r, const std::string& code, const std::string& message);
-    void Post(const std::shared_ptr<Request>& r, bool done);
+    void PostDone(const std::shared_ptr<Request>& r);  // the final result or error, then releases the callback
     void BuildSampler(Request& r);
     void ReleaseSequence(Request& r);
     static bool AbortCallback(void* data) noexcept;
@@ -118,7 +118,6 @@ private:
     std::vector<bool> seqUsed_;
     uint32_t reservedCells_ = 0;
     std::atomic<bool> stopping_{false};
-    std::atomic<uint32_t> activeCount_{0};
     uint32_t nextId_ = 1;
     std::thread thread_;
     bool closed_ = false;

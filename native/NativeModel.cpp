@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -105,16 +106,21 @@ private:
     bool aborted_ = false;
 };
 
-std::string MetaString(const LlamaApi& api, const llama_model* model, const char* key) {
+// A metadata value as a string; nullopt when the key is absent.
+std::optional<std::string> MetaValue(const LlamaApi& api, const llama_model* model, const char* key) {
     std::vector<char> buffer(256);
     int32_t n = api.llama_model_meta_val_str(model, key, buffer.data(), buffer.size());
-    if (n < 0) return {};
+    if (n < 0) return std::nullopt;
     if ((size_t)n >= buffer.size()) {
         buffer.resize((size_t)n + 1);
         n = api.llama_model_meta_val_str(model, key, buffer.data(), buffer.size());
-        if (n < 0) return {};
+        if (n < 0) return std::nullopt;
     }
     return std::string(buffer.data(), (size_t)n);
+}
+
+std::string MetaString(const LlamaApi& api, const llama_model* model, const char* key) {
+    return MetaValue(api, model, key).value_or("");
 }
 
 }  // namespace
@@ -228,11 +234,8 @@ Napi::Value NativeModel::Meta(const Napi::CallbackInfo& info) {
         return env.Undefined();
     }
     const std::string key = info[0].As<Napi::String>().Utf8Value();
-    std::vector<char> buffer(1);
-    const LlamaApi& api = LlamaLib::Api();
-    int32_t n = api.llama_model_meta_val_str(model_.get(), key.c_str(), buffer.data(), buffer.size());
-    if (n < 0) return env.Undefined();
-    return Napi::String::New(env, MetaString(api, model_.get(), key.c_str()));
+    const std::optional<std::string> value = MetaValue(LlamaLib::Api(), model_.get(), key.c_str());
+    return value ? Napi::String::New(env, *value) : env.Undefined();
 }
 
 Napi::Value NativeModel::Tokenize(const Napi::CallbackInfo& info) {
