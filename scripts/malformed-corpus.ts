@@ -17,6 +17,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { GGMLType, GGUFValueType, type GGUFKV } from "../src/gguf/types.js";
 import { f32ToF16Bits, kv, writeGGUF, type GGUFTensorSpec, type GGUFWriteSpec } from "../src/gguf/writer.js";
+import { phi2HParamsKV } from "../src/testModel/makeTestModel.js";
 import { loadPhi2Vocab, phi2VocabKV, PHI2_VOCAB_SIZE, type Phi2Vocab } from "../src/testModel/vocab.js";
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -80,14 +81,7 @@ export async function microPhi2Spec(options: MicroOptions = {}): Promise<GGUFWri
         kv.str("general.name", "phi2-micro-fuzz"),
         kv.u32("general.alignment", 32),
         kv.u32("general.file_type", 2),
-        kv.u32("phi2.context_length", CTX),
-        kv.u32("phi2.embedding_length", E),
-        kv.u32("phi2.feed_forward_length", F),
-        kv.u32("phi2.block_count", 1),
-        kv.u32("phi2.attention.head_count", HEADS),
-        kv.u32("phi2.attention.head_count_kv", HEADS),
-        kv.f32("phi2.attention.layer_norm_epsilon", 1e-5),
-        kv.u32("phi2.rope.dimension_count", ROT),
+        ...phi2HParamsKV({ context: CTX, embedding: E, ffn: F, layers: 1, heads: HEADS, rotary: ROT }),
         ...phi2VocabKV(vocab),
     ];
     const metadata: GGUFKV[] = [];

@@ -41,6 +41,20 @@ export const TEST_MODEL_GEOMETRY: Readonly<Record<TestModelShape, TestModelGeome
     phi2: { embedding: 2560, layers: 32, heads: 32, ffn: 10240, rotary: 32, context: 2048, vocab: PHI2_VOCAB_SIZE },
 };
 
+/** The phi2.* hyper-parameter keys llama.cpp reads, for a model of geometry `g` (LayerNorm eps 1e-5, MHA). */
+export function phi2HParamsKV(g: Omit<TestModelGeometry, "vocab">): GGUFKV[] {
+    return [
+        kv.u32("phi2.context_length", g.context),
+        kv.u32("phi2.embedding_length", g.embedding),
+        kv.u32("phi2.feed_forward_length", g.ffn),
+        kv.u32("phi2.block_count", g.layers),
+        kv.u32("phi2.attention.head_count", g.heads),
+        kv.u32("phi2.attention.head_count_kv", g.heads),
+        kv.f32("phi2.attention.layer_norm_epsilon", 1e-5),
+        kv.u32("phi2.rope.dimension_count", g.rotary),
+    ];
+}
+
 export type MakeTestModelProgress = (fraction: number, label: string) => void;
 
 export interface MakeTestModelOptions {
@@ -164,14 +178,7 @@ async function buildSpec(shape: TestModelShape, seed: number, type: Exclude<Test
         kv.str("general.name", `phi2-test-${shape}`),
         kv.u32("general.file_type", FILE_TYPE[type]),
         kv.u32("general.quantization_version", 2),
-        kv.u32("phi2.context_length", g.context),
-        kv.u32("phi2.embedding_length", E),
-        kv.u32("phi2.feed_forward_length", F),
-        kv.u32("phi2.block_count", g.layers),
-        kv.u32("phi2.attention.head_count", g.heads),
-        kv.u32("phi2.attention.head_count_kv", g.heads),
-        kv.f32("phi2.attention.layer_norm_epsilon", 1e-5),
-        kv.u32("phi2.rope.dimension_count", g.rotary),
+        ...phi2HParamsKV(g),
         ...phi2VocabKV(vocab),
     ];
     const wt = GGML_TYPE[type];

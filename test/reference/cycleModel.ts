@@ -9,6 +9,7 @@
  */
 import { GGMLType } from "../../src/gguf/types.js";
 import { kv, writeGGUF, type GGUFTensorSpec } from "../../src/gguf/writer.js";
+import { phi2HParamsKV } from "../../src/testModel/makeTestModel.js";
 import { loadPhi2Vocab, phi2VocabKV, PHI2_VOCAB_SIZE } from "../../src/testModel/vocab.js";
 
 const E = 64;
@@ -49,14 +50,7 @@ export async function writeCycleModel(path: string, cycle: readonly number[]): P
             kv.str("general.architecture", "phi2"),
             kv.str("general.name", "phi2-cycle-test"),
             kv.u32("general.file_type", 1),
-            kv.u32("phi2.context_length", 512),
-            kv.u32("phi2.embedding_length", E),
-            kv.u32("phi2.feed_forward_length", F),
-            kv.u32("phi2.block_count", 1),
-            kv.u32("phi2.attention.head_count", 2),
-            kv.u32("phi2.attention.head_count_kv", 2),
-            kv.f32("phi2.attention.layer_norm_epsilon", 1e-5),
-            kv.u32("phi2.rope.dimension_count", 32),
+            ...phi2HParamsKV({ context: 512, embedding: E, ffn: F, layers: 1, heads: 2, rotary: 32 }),
             ...phi2VocabKV(vocab),
         ],
         tensors,
