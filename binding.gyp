@@ -12,7 +12,8 @@
         "native/addon.cpp",
         "native/LlamaLib.cpp",
         "native/NativeModel.cpp",
-        "native/NativeEngine.cpp"
+        "native/NativeEngine.cpp",
+        "native/FilePages.cpp"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -25,7 +25,13 @@ struct LlamaSamplerDeleter {
         if (sampler != nullptr) LlamaLib::Api().llama_sampler_free(sampler);
     }
 };
+struct ThreadpoolDeleter {
+    void operator()(ggml_threadpool* pool) const noexcept {
+        if (pool != nullptr) LlamaLib::Api().cpu_threadpool_free(pool);
+    }
+};
 using ModelPtr = std::unique_ptr<llama_model, LlamaModelDeleter>;
+using ThreadpoolPtr = std::unique_ptr<ggml_threadpool, ThreadpoolDeleter>;
 using ContextPtr = std::unique_ptr<llama_context, LlamaContextDeleter>;
 using SamplerPtr = std::unique_ptr<llama_sampler, LlamaSamplerDeleter>;
 

@@ -151,6 +151,17 @@ const LlamaApi& LlamaLib::Load(const std::string& dirString) {
     api.llama_log_set(LogCallback, nullptr);
     api.ggml_backend_load_all_from_path(dir.string().c_str());
     api.llama_backend_init();
+    if (ggml_backend_dev_t cpu = api.ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)) {
+        ggml_backend_reg_t reg = api.ggml_backend_dev_backend_reg(cpu);
+        api.cpu_threadpool_new = reinterpret_cast<decltype(api.cpu_threadpool_new)>(
+            api.ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_new"));
+        api.cpu_threadpool_free = reinterpret_cast<decltype(api.cpu_threadpool_free)>(
+            api.ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_free"));
+        if (api.cpu_threadpool_new == nullptr || api.cpu_threadpool_free == nullptr) {
+            api.cpu_threadpool_new = nullptr;
+            api.cpu_threadpool_free = nullptr;
+        }
+    }
 
     handles_ = {ggml, llama};
     api_ = api;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 #include "llama.h"
 
 // Every llama.cpp / ggml function the addon calls. X(name) declares a typed pointer `name` in LlamaApi.
@@ -69,6 +70,10 @@
     X(llama_sampler_sample)                 \
     X(llama_sampler_free)                   \
     X(llama_print_system_info)              \
+    X(llama_attach_threadpool)              \
+    X(ggml_threadpool_params_init)          \
+    X(ggml_backend_reg_get_proc_address)    \
+    X(ggml_backend_dev_by_type)             \
     X(ggml_backend_load_all_from_path)      \
     X(ggml_backend_dev_count)               \
     X(ggml_backend_dev_get)                 \
@@ -83,6 +88,10 @@ struct LlamaApi {
 #define PHI_DECLARE_POINTER(name) decltype(&::name) name = nullptr;
     PHI_LLAMA_FUNCTIONS(PHI_DECLARE_POINTER)
 #undef PHI_DECLARE_POINTER
+    // Exported by the CPU backend (one of the libggml-cpu-* variants, picked at run time), found through its
+    // registry after the backends load; null when that backend has none (then contexts use per-graph threads).
+    decltype(&::ggml_threadpool_new) cpu_threadpool_new = nullptr;
+    decltype(&::ggml_threadpool_free) cpu_threadpool_free = nullptr;
 };
 
 // The one loaded library set of this process. llama.cpp keeps global state (backend registry, logging), so a

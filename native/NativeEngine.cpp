@@ -78,7 +78,11 @@ public:
             SetError("creating the llama.cpp context failed with an unknown native exception");
         }
     }
-    void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+    void OnOK() override {
+        Napi::Object out = Napi::Object::New(Env());
+        out.Set("threadpool", Napi::Boolean::New(Env(), engine_->HasThreadpool()));
+        deferred_.Resolve(out);
+    }
     void OnError(const Napi::Error& error) override {
         deferred_.Reject(MakeError(Env(), "ERR_LOAD_FAILED", error.Message()).Value());
     }
@@ -147,7 +151,8 @@ Napi::Object NativeEngine::Init(Napi::Env env, Napi::Object exports) {
     return exports;
 }
 
-// new NativeEngine(model: NativeModel, { kvSize, contextSize, batchSize, sequences, threads, batchThreads })
+// new NativeEngine(model: NativeModel, { kvSize, contextSize, batchSize, sequences, threads, batchThreads, threadpool,
+//                                           flashAttention: -1 auto | 0 off | 1 on })
 NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeEngine>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
@@ -167,9 +172,11 @@ NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     params_.sequences = GetUint(o, "sequences", params_.sequences);
     params_.threads = GetInt(o, "threads", params_.threads);
     params_.batchThreads = GetInt(o, "batchThreads", params_.threads);
+    if (o.Has("threadpool")) params_.threadpool = o.Get("threadpool").ToBoolean().Value();
+    params_.flashAttention = GetInt(o, "flashAttention", params_.flashAttention);
     if (params_.kvSize == 0 || params_.contextSize == 0 || params_.contextSize > params_.kvSize ||
         params_.batchSize == 0 || params_.sequences == 0 || params_.sequences > params_.batchSize ||
-        params_.threads <= 0 || params_.batchThreads <= 0) {
+        params_.threads <= 0 || params_.batchThreads <= 0 || params_.flashAttention < -1 || params_.flashAttention > 1) {
         Napi::RangeError::New(env, "invalid engine parameters").ThrowAsJavaScriptException();
         return;
     }
@@ -200,6 +207,7 @@ void NativeEngine::CreateContext() {
     cp.n_seq_max = params_.sequences;
     cp.n_threads = params_.threads;
     cp.n_threads_batch = params_.batchThreads;
+    cp.flash_attn_type = static_cast<llama_flash_attn_type>(params_.flashAttention);
     cp.kv_unified = true;  // sequences share the cells; admission reserves them so decode never runs out
     cp.no_perf = true;
     cp.abort_callback = &NativeEngine::AbortCallback;
@@ -209,6 +217,13 @@ void NativeEngine::CreateContext() {
         std::string log = LlamaLib::TakeLastLog();
         throw std::runtime_error("llama.cpp could not create a context of " + std::to_string(params_.kvSize) +
                                  " tokens" + (log.empty() ? "" : ": " + log));
+    }
+    if (params_.threadpool && api.cpu_threadpool_new != nullptr) {
+        // Without one, ggml starts and joins its worker threads for every graph: every token on the decode path.
+        ggml_threadpool_params tpp;
+        api.ggml_threadpool_params_init(&tpp, std::max(params_.threads, params_.batchThreads));
+        pool_.reset(api.cpu_threadpool_new(&tpp));
+        if (pool_) api.llama_attach_threadpool(ctx_.get(), pool_.get(), pool_.get());
     }
     batch_ = api.llama_batch_init((int32_t)params_.batchSize, 0, 1);
     batchAllocated_ = true;
@@ -235,6 +250,7 @@ void NativeEngine::StopAndJoin() {
             batchAllocated_ = false;
         }
         ctx_.reset();
+        pool_.reset();
     }
 }
 

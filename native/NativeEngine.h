@@ -28,6 +28,8 @@ struct EngineParams {
     uint32_t sequences = 8;
     int32_t threads = 4;
     int32_t batchThreads = 4;
+    bool threadpool = true;  // one persistent ggml threadpool for this context, instead of new threads per graph
+    int32_t flashAttention = -1;  // llama_flash_attn_type: -1 auto, 0 off, 1 on
 };
 
 struct SamplingParams {
@@ -83,6 +85,7 @@ public:
 
     // Used by the init/close workers.
     void CreateContext();  // throws std::runtime_error
+    bool HasThreadpool() const { return pool_ != nullptr; }
     void StopAndJoin();
 
 private:
@@ -106,6 +109,9 @@ private:
     NativeModel* model_ = nullptr;
     Napi::ObjectReference modelRef_;
     EngineParams params_;
+    // Set by CreateContext() when params_.threadpool and the CPU backend provides one. Declared before ctx_: the
+    // context uses it, so it must outlive it.
+    ThreadpoolPtr pool_;
     ContextPtr ctx_;
     llama_batch batch_{};
     bool batchAllocated_ = false;

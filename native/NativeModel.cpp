@@ -1,5 +1,7 @@
 #include "NativeModel.h"
 
+#include "FilePages.h"
+
 #include <chrono>
 #include <cmath>
 #include <optional>
@@ -15,7 +17,11 @@ public:
         : Napi::AsyncWorker(env, "phiAgent.loadModel"),
           deferred_(Napi::Promise::Deferred::New(env)),
           owner_(owner),
-          baton_(std::move(baton)) {
+          baton_(std::move(baton)),
+          pages_(baton_.path) {
+        // Weights copied out of the mapping (repacked for the CPU, or offloaded to a GPU) leave their file pages
+        // resident for nothing: give them back while loading, so that the peak RSS stays near one copy.
+        releasePages_ = baton_.useMmap && (baton_.repack || baton_.gpuLayers != 0);
         ownerRef_ = Napi::Persistent(ownerObject);
         if (!onProgress.IsEmpty()) {
             progress_ = Napi::ThreadSafeFunction::New(env, onProgress, "phiAgent.loadProgress", 0, 1);
@@ -60,6 +66,7 @@ public:
                 }
                 return;
             }
+            if (releasePages_) pages_.Release();
             owner_->SetLoaded(std::move(model));
         } catch (const std::exception& e) {
             SetError(std::string("model load failed: ") + e.what());
@@ -83,6 +90,10 @@ private:
     static bool OnProgress(float progress, void* data) noexcept {
         auto* self = static_cast<LoadWorker*>(data);
         if (self->owner_->abortLoad.load()) return false;
+        if (self->releasePages_ && (progress - self->lastRelease_ >= 0.04f || progress >= 1.0f)) {
+            self->lastRelease_ = progress;
+            self->pages_.Release();
+        }
         if (self->hasProgress_ && (progress - self->lastProgress_ >= 0.01f || progress >= 1.0f)) {
             self->lastProgress_ = progress;
             auto* value = new float(progress);
@@ -103,6 +114,9 @@ private:
     Napi::ThreadSafeFunction progress_;
     bool hasProgress_ = false;
     float lastProgress_ = -1.0f;
+    FilePages pages_;
+    bool releasePages_ = false;
+    float lastRelease_ = -1.0f;
     bool aborted_ = false;
 };
 

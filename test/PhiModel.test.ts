@@ -132,6 +132,19 @@ describe("PhiModel", function () {
             expect(a.usage.generationMs).to.be.greaterThan(0);
         });
 
+        it("decodes the same tokens with per-graph threads as with its persistent threadpool", async function () {
+            expect(model.info.runtime.threadpool).to.equal(true);
+            const perGraph = await PhiModel.load({ modelPath, threads: 2, contextSize: 256, threadpool: false });
+            try {
+                expect(perGraph.info.runtime.threadpool).to.equal(false);
+                const a = await model.generate(SEED_PROMPT, { maxTokens: 24 });
+                const b = await perGraph.generate(SEED_PROMPT, { maxTokens: 24 });
+                expect(b.tokens).to.deep.equal(a.tokens);
+            } finally {
+                await perGraph.dispose();
+            }
+        });
+
         it("reproduces a sampled run with the same seed", async function () {
             const opts = { maxTokens: 24, temperature: 1.2, topK: 100, topP: 0.95, seed: 1234 };
             const a = await model.generate(SEED_PROMPT, opts);
@@ -264,6 +277,45 @@ describe("PhiModel", function () {
             for (const prompt of ["", "bad \ud800 surrogate", "nul\u0000byte"]) {
                 const err = await model.generate(prompt, { maxTokens: 2 }).catch((e: unknown) => e);
                 expect(err, JSON.stringify(prompt)).to.be.instanceOf(RangeError);
+            }
+        });
+    });
+
+    describe("memory", function () {
+        // Resident KiB of this process's mappings of `file` (Linux: /proc/self/smaps).
+        function mappedRssKb(file: string): number {
+            const real = fs.realpathSync(file);
+            let total = 0;
+            let inFile = false;
+            for (const line of fs.readFileSync("/proc/self/smaps", "utf8").split("\n")) {
+                const header = /^[0-9a-f]+-[0-9a-f]+ \S+ [0-9a-f]+ \S+ \d+\s*(.*)$/.exec(line);
+                if (header) inFile = header[1] === real;
+                else if (inFile && line.startsWith("Rss:")) total += Number(line.split(/\s+/)[1]);
+            }
+            return total;
+        }
+
+        it("gives back the file pages of weights it repacks; an mmap-only load keeps them mapped", async function () {
+            if (process.platform !== "linux") this.skip();
+            const q4 = await tinyModel("q4_k_m");
+            const fileKb = fs.statSync(q4).size / 1024;
+            const repacked = await PhiModel.load({ modelPath: q4, threads: 1, contextSize: 64, repack: true });
+            try {
+                // llama.cpp populated the whole mapping and read every weight through it; none of it stays resident
+                expect(mappedRssKb(q4)).to.be.below(fileKb * 0.1);
+                const r = await repacked.generate(SEED_PROMPT, { maxTokens: 8 });
+                expect(r.usage.completionTokens).to.equal(8);
+                // what is still read through the mapping (embedding rows, weights that are not repacked) comes back
+                expect(mappedRssKb(q4)).to.be.above(0);
+            } finally {
+                await repacked.dispose();
+            }
+            expect(mappedRssKb(q4)).to.equal(0);
+            const mapped = await PhiModel.load({ modelPath: q4, threads: 1, contextSize: 64, repack: false });
+            try {
+                expect(mappedRssKb(q4)).to.be.above(fileKb * 0.9);
+            } finally {
+                await mapped.dispose();
             }
         });
     });

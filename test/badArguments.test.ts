@@ -114,6 +114,8 @@ describe("bad arguments", function () {
                 [{ gpuLayers: -1 }, RangeError, /"gpuLayers"/],
                 [{ device: "tpu" }, RangeError, /device "tpu"/i],
                 [{ mmap: "yes" }, TypeError, /"mmap"/],
+                [{ threadpool: 1 }, TypeError, /"threadpool"/],
+                [{ flashAttention: true }, TypeError, /"flashAttention"/],
                 [{ kvCacheSize: 8, contextSize: 64 }, RangeError, /"kvCacheSize"/],
                 [{ modelPath: "" }, TypeError, /"modelPath"/],
                 [{ contextsize: 64 }, TypeError, /"contextsize"/],

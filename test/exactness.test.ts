@@ -36,7 +36,7 @@ const PROMPTS = [
 ];
 
 for (const seed of [1, 2]) {
-    describe(`exactness: reference forward pass vs PhiModel (tiny f32, seed ${seed})`, function () {
+    describe(`exactness: reference forward pass vs PhiModel (tiny f32, seed ${seed}, flash attention ${seed === 1 ? "auto" : "off"})`, function () {
         let model: PhiModel;
         let ref: Phi2Reference;
         let exact: Phi2Reference;
@@ -44,8 +44,9 @@ for (const seed of [1, 2]) {
 
         before(async function () {
             const modelPath = seed === 1 ? await tinyModel("f32") : await ensureTestModel({ shape: "tiny", type: "f32", seed });
-            // seed 1 with 2 threads (the matmuls split across threads), seed 2 with 1
-            model = await PhiModel.load({ modelPath, threads: seed === 1 ? 2 : 1, contextSize: 512 });
+            // seed 1 with 2 threads (the matmuls split across threads) and flash attention "auto" (on, on the CPU);
+            // seed 2 with 1 thread and flash attention off (llama.cpp's other attention graph)
+            model = await PhiModel.load({ modelPath, threads: seed === 1 ? 2 : 1, contextSize: 512, flashAttention: seed === 1 ? "auto" : "off" });
             ref = await Phi2Reference.load(modelPath, GGML_CPU_PRECISION);
             exact = await Phi2Reference.load(modelPath);
         });

@@ -225,6 +225,25 @@ describe("gguf reader/writer", function () {
             expect((await readFile(chunked)).equals(await readFile(direct))).to.equal(true);
         });
 
+        it("reads string arrays larger than its read chunk exactly, whatever the string lengths", async () => {
+            // 3 MiB of strings: every one of them lies in, straddles, or exceeds the reader's 1 MiB chunks somewhere.
+            const strings: string[] = [];
+            for (let i = 0, bytes = 0; bytes < 3 << 20; i++) {
+                const s = i % 997 === 0 ? "x".repeat(70_000 + i) // longer than many chunks' remainder
+                    : i % 5 === 0 ? "" : i % 3 === 0 ? `Ġtok${i}✓🚀` : `t${i}`.repeat(1 + (i % 40));
+                strings.push(s);
+                bytes += 8 + Buffer.byteLength(s);
+            }
+            const path = join(dir, "strings.gguf");
+            await writeGGUF(path, { metadata: [kv.strArr("a.str", strings), kv.u32("after", 7)], tensors: [] });
+            const h = await readGGUF(path);
+            expect(h.metadata["a.str"]).to.deep.equal(strings);
+            expect(h.metadata["after"]).to.equal(7);
+            const size = (await readFile(path)).length;
+            await expectGGUFError(readGGUF(path, { maxHeaderBytes: size - 4096 }), "header too large");
+            await expectGGUFError(readGGUF(await file("strings-cut.gguf", (await readFile(path)).subarray(0, 2 << 20))), "a.str");
+        });
+
         it("encodes f16 with round-to-nearest-even and Q8_0 like ggml", () => {
             const cases: [number, number][] = [
                 [0, 0x0000], [-0, 0x8000], [1, 0x3c00], [-2, 0xc000], [0.1, 0x2e66], [65504, 0x7bff],

@@ -11,11 +11,14 @@ import type { PhiModel } from "../../src/model/PhiModel.js";
 import type { BuiltPrompt } from "./common.js";
 import type { ConcurrentRound, OursConcurrentJob } from "./worker-ours.js";
 
-/** LLMPhiAgent with LoadOptions.repack forced (PhiAgentProps has no such field); used only for --no-repack. */
-class NoRepackPhiAgent extends LLMPhiAgent {
-    protected override loadModel(options: LoadOptions): Promise<PhiModel> {
-        return super.loadModel({ ...options, repack: false });
-    }
+/** LLMPhiAgent with the bench's load options (--no-repack, --no-threadpool, --flash-attn) forced. */
+function agentWith(overrides: Partial<LoadOptions>): typeof LLMPhiAgent {
+    if (Object.keys(overrides).length === 0) return LLMPhiAgent;
+    return class extends LLMPhiAgent {
+        protected override loadModel(options: LoadOptions): Promise<PhiModel> {
+            return super.loadModel({ ...options, ...overrides });
+        }
+    };
 }
 
 export async function runAgentConcurrency(
@@ -25,7 +28,11 @@ export async function runAgentConcurrency(
     progress: (s: string) => void,
 ): Promise<ConcurrentRound[]> {
     const maxLevel = Math.max(...job.levels);
-    const spec = new AgentBuilder(job.repack === false ? NoRepackPhiAgent : LLMPhiAgent)
+    const spec = new AgentBuilder(agentWith({
+        ...(job.repack === false ? { repack: false } : {}),
+        ...(job.threadpool === false ? { threadpool: false } : {}),
+        ...(job.flashAttention !== undefined ? { flashAttention: job.flashAttention } : {}),
+    }))
         .setId("phi_bench")
         .setName("Phi-2 bench")
         .setDescription("LLMPhiAgent under npm run bench")

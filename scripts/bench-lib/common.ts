@@ -237,6 +237,8 @@ export interface SingleSideResult {
     side: "ours" | "cpp" | "nlc";
     loadColdMs: number;
     loadWarmMs: number;
+    /** Warm load with repack off (weights purely memory-mapped); only measured when the main runs repack. */
+    loadWarmMmapMs?: number;
     /** Keyed by prompt length ("128", "512"). */
     runs: Record<string, RunTiming[]>;
     /** Greedy tokens of the first prompt (for cross-checking sides). */

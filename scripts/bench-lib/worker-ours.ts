@@ -61,6 +61,10 @@ export interface OursSingleJob {
     maxVariants: number;
     /** LoadOptions.repack (undefined: PhiModel's default). */
     repack?: boolean;
+    /** LoadOptions.threadpool (undefined: PhiModel's default). */
+    threadpool?: boolean;
+    /** LoadOptions.flashAttention (undefined: PhiModel's default). */
+    flashAttention?: "auto" | "on" | "off";
     /** Prompts chosen by an earlier round (keyed by length): used as they are, only re-checked. */
     prompts?: Record<string, BuiltPrompt & { variant: number }>;
 }
@@ -75,6 +79,8 @@ export interface OursConcurrentJob {
     genTokens: number;
     repeat: number;
     repack?: boolean;
+    threadpool?: boolean;
+    flashAttention?: "auto" | "on" | "off";
     /** Prompts chosen by an earlier round. */
     prompts?: BuiltPrompt[];
     /** "agent": through LLMPhiAgent in a guild; "generate": concurrent PhiModel.generate() calls. */
@@ -102,6 +108,8 @@ export interface OursConcurrentResult {
     viaNote: string;
     prompts: BuiltPrompt[];
     rounds: ConcurrentRound[];
+    /** KV cells of ours' context (sized for the highest level): the C++ loop gets the same n_ctx at every level. */
+    kvCacheSize: number;
     peakRssKb: number;
     cpuMs: number;
     notes: string[];
@@ -140,6 +148,8 @@ async function single(job: OursSingleJob): Promise<OursSingleResult> {
         kvCacheSize: job.contextSize,
         batchSize: job.batchSize,
         ...(job.repack !== undefined ? { repack: job.repack } : {}),
+        ...(job.threadpool !== undefined ? { threadpool: job.threadpool } : {}),
+        ...(job.flashAttention !== undefined ? { flashAttention: job.flashAttention } : {}),
     };
     reportProgress("ours: loading (cold)");
     let t0 = performance.now();
@@ -183,7 +193,20 @@ async function single(job: OursSingleJob): Promise<OursSingleResult> {
     }
     const info = model.info;
     await model.dispose();
-    return { side: "ours", loadColdMs, loadWarmMs, runs, tokens, peakRssKb: peakRssKb(), cpuMs: ownCpuMs(), notes, prompts, info };
+    const peak = peakRssKb(); // before the mmap-only loads below
+
+    // Warm load with the weights purely memory-mapped (repack: false), when the runs above repacked them.
+    let loadWarmMmapMs: number | undefined;
+    if (job.repack !== false) {
+        for (let i = 0; i < 2; i++) {
+            reportProgress(`ours: loading with repack: false (${i === 0 ? "cold" : "warm"})`);
+            t0 = performance.now();
+            const m = await PhiModel.load({ ...loadOpts, repack: false });
+            loadWarmMmapMs = performance.now() - t0;
+            await m.dispose();
+        }
+    }
+    return { side: "ours", loadColdMs, loadWarmMs, loadWarmMmapMs, runs, tokens, peakRssKb: peak, cpuMs: ownCpuMs(), notes, prompts, info };
 }
 
 async function concurrent(job: OursConcurrentJob): Promise<OursConcurrentResult> {
@@ -203,6 +226,8 @@ async function concurrent(job: OursConcurrentJob): Promise<OursConcurrentResult>
         kvCacheSize: maxLevel * perSeq,
         batchSize: job.batchSize,
         ...(job.repack !== undefined ? { repack: job.repack } : {}),
+        ...(job.threadpool !== undefined ? { threadpool: job.threadpool } : {}),
+        ...(job.flashAttention !== undefined ? { flashAttention: job.flashAttention } : {}),
     });
     // Distinct prompts of the same length; each must run its full budget under greedy (checked all together,
     // which also warms up).
@@ -252,7 +277,8 @@ async function concurrent(job: OursConcurrentJob): Promise<OursConcurrentResult>
         }
         await model.dispose();
     }
-    return { via: job.via, viaNote, prompts, rounds, peakRssKb: peakRssKb(), cpuMs: ownCpuMs(), notes };
+    const kvCacheSize = job.via === "agent" ? agentContext : maxLevel * perSeq;
+    return { via: job.via, viaNote, prompts, rounds, kvCacheSize, peakRssKb: peakRssKb(), cpuMs: ownCpuMs(), notes };
 }
 
 const job = readJob<OursSingleJob | OursConcurrentJob>();

@@ -31,6 +31,10 @@ export const PhiAgentPropsSchema = Type.Object({
     })),
     contextSize: Type.Optional(Type.Integer({ minimum: 16, maximum: 1 << 20, description: "Max tokens per request, prompt + generated (default 2048, Phi-2's limit)." })),
     threads: Type.Optional(Type.Integer({ minimum: 1, maximum: 1024, description: "CPU threads for decoding." })),
+    flashAttention: Type.Optional(Type.Union([Type.Literal("auto"), Type.Literal("on"), Type.Literal("off")], {
+        errorMessage: "\"auto\", \"on\" or \"off\"",
+        description: "llama.cpp's flash attention (default auto); on the CPU \"off\" decodes long sequences faster.",
+    })),
     sequences: Type.Optional(Type.Integer({ minimum: 1, maximum: 256, description: "Requests decoded together (default 8); more wait their turn." })),
     maxLength: Type.Optional(Type.Integer({ minimum: 1, maximum: 1 << 20, description: "Max tokens of prompt + generated text per request (default 200, the seed's max_length)." })),
     maxNewTokens: Type.Optional(Type.Integer({ minimum: 1, maximum: 1 << 24, description: "Max generated tokens per request; overrides maxLength when set." })),
@@ -83,6 +87,7 @@ export class PhiAgentProps {
     readonly gpuLayers?: number | "all";
     readonly contextSize: number;
     readonly threads?: number;
+    readonly flashAttention?: "auto" | "on" | "off";
     readonly sequences?: number;
     readonly maxLength: number;
     readonly maxNewTokens?: number;
@@ -148,6 +153,7 @@ export class PhiAgentProps {
         if (o.gpuLayers !== undefined) this.gpuLayers = o.gpuLayers;
         this.contextSize = contextSize;
         if (o.threads !== undefined) this.threads = o.threads;
+        if (o.flashAttention !== undefined) this.flashAttention = o.flashAttention;
         if (o.sequences !== undefined) this.sequences = o.sequences;
         this.maxLength = o.maxLength ?? 200;
         if (o.maxNewTokens !== undefined) this.maxNewTokens = o.maxNewTokens;
@@ -178,6 +184,7 @@ export class PhiAgentProps {
         const out: PhiAgentPropsInit = { modelPath: this.modelPath, device: this.device, contextSize: this.contextSize, maxLength: this.maxLength, temperature: this.temperature, includePrompt: this.includePrompt };
         if (this.gpuLayers !== undefined) out.gpuLayers = this.gpuLayers;
         if (this.threads !== undefined) out.threads = this.threads;
+        if (this.flashAttention !== undefined) out.flashAttention = this.flashAttention;
         if (this.sequences !== undefined) out.sequences = this.sequences;
         if (this.maxNewTokens !== undefined) out.maxNewTokens = this.maxNewTokens;
         if (this.topK !== undefined) out.topK = this.topK;
@@ -193,6 +200,7 @@ export class PhiAgentProps {
         const o: LoadOptions = { modelPath: this.modelPath, device: this.device, contextSize: this.contextSize };
         if (this.gpuLayers !== undefined) o.gpuLayers = this.gpuLayers;
         if (this.threads !== undefined) o.threads = this.threads;
+        if (this.flashAttention !== undefined) o.flashAttention = this.flashAttention;
         if (this.sequences !== undefined) o.sequences = this.sequences;
         if (extra.signal) o.signal = extra.signal;
         if (extra.onProgress) o.onProgress = extra.onProgress;

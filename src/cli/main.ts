@@ -14,7 +14,7 @@ import { listDevices } from "../model/devices.js";
 import { quantizeModel, QUANT_TYPES, type QuantType } from "../model/quantize.js";
 import { inspectGGUF } from "../gguf/validate.js";
 import { makeTestModel, TEST_MODEL_SHAPES, TEST_MODEL_TYPES, type TestModelShape, type TestModelType } from "../testModel/makeTestModel.js";
-import type { DeviceSpec } from "../model/types.js";
+import type { DeviceSpec, LoadOptions } from "../model/types.js";
 import { progressBar } from "./progress.js";
 
 class UsageError extends Error {}
@@ -23,7 +23,8 @@ const USAGE = `Usage: phi-agent <command> [options]
 
 Commands:
   generate         --model FILE [--prompt TEXT | stdin] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
-                   [--seed S] [--stop TEXT]... [--device D] [--threads N] [--context-size N] [--json]
+                   [--seed S] [--stop TEXT]... [--device D] [--threads N] [--context-size N]
+                   [--flash-attention auto|on|off] [--no-repack] [--json]
   tokenize         --model FILE --text TEXT [--special] [--json]
   inspect          --model FILE [--device D] [--json]
   make-test-model  --out FILE [--shape tiny|phi2] [--seed N] [--type f32|f16|q8_0|q4_k_m] [--json]
@@ -64,7 +65,8 @@ async function generate(argv: string[]): Promise<void> {
             model: { type: "string" }, prompt: { type: "string" }, "max-tokens": { type: "string" },
             temperature: { type: "string" }, "top-k": { type: "string" }, "top-p": { type: "string" },
             seed: { type: "string" }, stop: { type: "string", multiple: true }, device: { type: "string" },
-            threads: { type: "string" }, "context-size": { type: "string" }, json: { type: "boolean" },
+            threads: { type: "string" }, "context-size": { type: "string" }, "flash-attention": { type: "string" },
+            "no-repack": { type: "boolean" }, json: { type: "boolean" },
         },
     });
     const prompt = values.prompt ?? (await readStdin());
@@ -75,6 +77,8 @@ async function generate(argv: string[]): Promise<void> {
         device: values.device as DeviceSpec | undefined,
         threads: int("threads", values.threads),
         contextSize: int("context-size", values["context-size"]),
+        flashAttention: values["flash-attention"] as LoadOptions["flashAttention"],
+        ...(values["no-repack"] ? { repack: false } : {}),
         signal: abort.signal,
     });
     try {

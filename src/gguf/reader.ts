@@ -169,6 +169,27 @@ class BoundedReader {
         }
         return utf8.decode(await this.bytes(n, what));
     }
+
+    /**
+     * Reads strings `out[i..n)` of a string array: synchronously while each one lies wholly in the buffered chunk
+     * (the vocabulary's 51200 tokens and 50000 merges would otherwise cost one await each), through string() for
+     * the one that crosses a chunk boundary or is unusual. Returns the next index to read.
+     */
+    async stringsInto(out: string[], i: number, n: number, what: string): Promise<number> {
+        await this.ensure(Math.min(8, this.fileSize - this.pos), `${what}[${i}] length`);
+        const buf = this.buf;
+        const end = Math.min(this.bufStart + this.bufLen, this.limit); // file offset the fast path must stay below
+        while (i < n) {
+            const at = this.pos - this.bufStart;
+            if (this.pos + 8 > end) break;
+            const len = buf.readUInt32LE(at);
+            if (buf.readUInt32LE(at + 4) !== 0 || this.pos + 8 + len > end) break;
+            out[i++] = len === 0 ? "" : decodeString(buf, at + 8, len);
+            this.pos += 8 + len;
+        }
+        if (i < n) out[i] = await this.string(`${what}[${i}]`), i++;
+        return i;
+    }
 }
 
 function decodeString(buf: Buffer, start: number, n: number): string {
@@ -250,7 +271,7 @@ async function readArray(r: BoundedReader, what: string, depth: number): Promise
     switch (t) {
         case GGUFValueType.STRING: {
             const out: string[] = new Array(n);
-            for (let i = 0; i < n; i++) out[i] = await r.string(`${what}[${i}]`);
+            for (let i = 0; i < n;) i = await r.stringsInto(out, i, n, what);
             return { type: t, value: out };
         }
         case GGUFValueType.BOOL: {

@@ -84,11 +84,14 @@ export class PhiModel implements AsyncDisposable {
             throw withCallerStack(new AbortError("The model load was aborted"), caller);
         }
 
+        let threadpool = false;
         const engine = new binding.NativeEngine(native, {
             kvSize, contextSize, batchSize: o.batchSize, sequences: o.sequences, threads, batchThreads,
+            threadpool: o.threadpool,
+            flashAttention: o.flashAttention === "auto" ? -1 : o.flashAttention === "on" ? 1 : 0,
         });
         try {
-            await engine.init();
+            threadpool = (await engine.init()).threadpool;
         } catch (err) {
             await engine.close().catch(() => undefined);
             native.dispose();
@@ -118,6 +121,8 @@ export class PhiModel implements AsyncDisposable {
                 batchSize: o.batchSize,
                 threads,
                 batchThreads,
+                threadpool,
+                flashAttention: o.flashAttention,
                 libraryPath: libs.dir,
                 llamaCppRelease: libraryRelease(libs.dir),
             },

@@ -121,6 +121,8 @@ export interface ResolvedLoadOptions {
     batchSize: number;
     threads?: number;
     batchThreads?: number;
+    threadpool: boolean;
+    flashAttention: "auto" | "on" | "off";
     mmap: boolean;
     repack: boolean;
     libraryPath?: string;
@@ -129,7 +131,12 @@ export interface ResolvedLoadOptions {
 }
 
 const LOAD_KEYS = new Set(["modelPath", "device", "gpuLayers", "contextSize", "sequences", "kvCacheSize", "batchSize",
-    "threads", "batchThreads", "mmap", "repack", "libraryPath", "signal", "onProgress"]);
+    "threads", "batchThreads", "threadpool", "flashAttention", "mmap", "repack", "libraryPath", "signal", "onProgress"]);
+
+function checkFlashAttention(v: unknown): "auto" | "on" | "off" {
+    if (v === "auto" || v === "on" || v === "off") return v;
+    throw new TypeError(`Expected "flashAttention" to be "auto", "on" or "off", got ${show(v)}`);
+}
 
 export function resolveLoadOptions(options: unknown): ResolvedLoadOptions {
     if (typeof options !== "object" || options === null) throw new TypeError(`PhiModel.load() expects an options object such as { modelPath: "models/phi-2.Q4_K_M.gguf" }, got ${show(options)}`);
@@ -150,6 +157,8 @@ export function resolveLoadOptions(options: unknown): ResolvedLoadOptions {
         gpuLayers,
         sequences: o.sequences === undefined ? 8 : checkInteger("sequences", o.sequences, 1, 256),
         batchSize: o.batchSize === undefined ? 512 : checkInteger("batchSize", o.batchSize, 1, 65536),
+        threadpool: o.threadpool === undefined ? true : checkBoolean("threadpool", o.threadpool),
+        flashAttention: o.flashAttention === undefined ? "auto" : checkFlashAttention(o.flashAttention),
         mmap: o.mmap === undefined ? true : checkBoolean("mmap", o.mmap),
         repack: o.repack === undefined ? DEFAULT_REPACK : checkBoolean("repack", o.repack),
     };

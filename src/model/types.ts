@@ -22,6 +22,17 @@ export interface LoadOptions {
     threads?: number;
     /** CPU threads for prompt processing. Default: same as threads. */
     batchThreads?: number;
+    /**
+     * Keep one persistent ggml threadpool for the model's context (default true) instead of letting ggml start and
+     * join its threads for every graph, i.e. for every decoded token. See README "Threads".
+     */
+    threadpool?: boolean;
+    /**
+     * llama.cpp's flash attention: "auto" (default, llama.cpp decides per device), "on" or "off". On the CPU it makes
+     * prompt processing faster but, with Phi-2's head size of 80, decoding slower the longer the sequence gets
+     * (measured: see README "Speed, memory and load time"); "off" suits long generations.
+     */
+    flashAttention?: "auto" | "on" | "off";
     /** Memory-map the weights (default true). */
     mmap?: boolean;
     /**
@@ -133,6 +144,9 @@ export interface ModelInfo {
         batchSize: number;
         threads: number;
         batchThreads: number;
+        /** A persistent ggml threadpool is attached (LoadOptions.threadpool, when the CPU backend provides one). */
+        threadpool: boolean;
+        flashAttention: "auto" | "on" | "off";
         libraryPath: string;
         llamaCppRelease: string;
     };

@@ -79,7 +79,8 @@ export type NativeEvent =
     | ["error", { code: string; message: string }];
 
 export interface NativeEngine {
-    init(): Promise<void>;
+    /** Creates the context; says whether a persistent threadpool was attached. */
+    init(): Promise<{ threadpool: boolean }>;
     submit(tokens: Int32Array, options: NativeSubmitOptions, callback: (...event: NativeEvent) => void): number;
     cancel(id: number): void;
     close(): Promise<void>;
@@ -93,6 +94,9 @@ export interface NativeEngineOptions {
     sequences: number;
     threads: number;
     batchThreads: number;
+    threadpool: boolean;
+    /** llama_flash_attn_type: -1 auto, 0 off, 1 on. */
+    flashAttention: -1 | 0 | 1;
 }
 
 export interface Binding {
