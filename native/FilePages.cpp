@@ -5,6 +5,9 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #endif
@@ -15,6 +18,7 @@ FilePages::FilePages(const std::string& path) {
     if (::stat(path.c_str(), &st) == 0) {
         device_ = (uint64_t)st.st_dev;
         inode_ = (uint64_t)st.st_ino;
+        size_ = (uint64_t)st.st_size;
         known_ = true;
     }
 #else
@@ -22,7 +26,7 @@ FilePages::FilePages(const std::string& path) {
 #endif
 }
 
-uint64_t FilePages::Release() const noexcept {
+uint64_t FilePages::Release(uint64_t upTo) const noexcept {
 #if defined(__linux__)
     if (!known_) return 0;
     FILE* maps = std::fopen("/proc/self/maps", "re");
@@ -40,7 +44,11 @@ uint64_t FilePages::Release() const noexcept {
             continue;
         if (inode != inode_ || (uint64_t)makedev(major, minor) != device_) continue;
         if (perms[1] == 'w') continue;  // only read-only mappings: nothing written there can be lost
-        if (::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED) == 0) advised += end - start;
+        if (offset >= upTo) continue;
+        // the part of [start, end) that maps file offsets below upTo, whole pages (start and offset are page-aligned)
+        const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+        const uint64_t len = std::min<uint64_t>(end - start, (upTo - offset) / page * page);
+        if (len > 0 && ::madvise(reinterpret_cast<void*>(start), len, MADV_DONTNEED) == 0) advised += len;
     }
     std::fclose(maps);
     return advised;

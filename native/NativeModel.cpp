@@ -90,9 +90,12 @@ private:
     static bool OnProgress(float progress, void* data) noexcept {
         auto* self = static_cast<LoadWorker*>(data);
         if (self->owner_->abortLoad.load()) return false;
-        if (self->releasePages_ && (progress - self->lastRelease_ >= 0.04f || progress >= 1.0f)) {
+        if (self->releasePages_ && progress - self->lastRelease_ >= 0.04f) {
+            // llama.cpp reads the tensors about in file order, and calls this before each one: give back the pages
+            // behind it (less a margin for tensors read out of order), not those it is about to read.
             self->lastRelease_ = progress;
-            self->pages_.Release();
+            const double behind = progress * (double)self->pages_.FileSize() - 64.0 * 1024 * 1024;
+            if (behind > 0) self->pages_.Release((uint64_t)behind);
         }
         if (self->hasProgress_ && (progress - self->lastProgress_ >= 0.01f || progress >= 1.0f)) {
             self->lastProgress_ = progress;

@@ -29,7 +29,7 @@ export interface LoadOptions {
     threadpool?: boolean;
     /**
      * llama.cpp's flash attention: "auto" (default, llama.cpp decides per device), "on" or "off". On the CPU it makes
-     * prompt processing faster but, with Phi-2's head size of 80, decoding slower the longer the sequence gets
+     * prompt processing faster but Phi-2's decoding slower the longer the sequence gets
      * (measured: see README "Speed, memory and load time"); "off" suits long generations.
      */
     flashAttention?: "auto" | "on" | "off";
