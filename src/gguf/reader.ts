@@ -187,7 +187,10 @@ class BoundedReader {
             out[i++] = len === 0 ? "" : decodeString(buf, at + 8, len);
             this.pos += 8 + len;
         }
-        if (i < n) out[i] = await this.string(`${what}[${i}]`), i++;
+        if (i < n) {
+            out[i] = await this.string(`${what}[${i}]`);
+            i++;
+        }
         return i;
     }
 }
