@@ -15,7 +15,9 @@ export type PhiErrorCode =
     | "ERR_DISPOSED"
     | "ERR_ABORTED"
     | "ERR_GENERATION_FAILED"
-    | "ERR_QUANTIZE_FAILED";
+    | "ERR_QUANTIZE_FAILED"
+    | "ERR_OUTPUT_EXISTS"
+    | "ERR_INVALID_OUTPUT";
 
 export class PhiAgentError extends Error {
     readonly code: PhiErrorCode;
@@ -61,6 +63,17 @@ export class GGUFError extends PhiAgentError {
     constructor(message: string, readonly path?: string, code: PhiErrorCode = "ERR_INVALID_GGUF") {
         super(code, path ? `${path}: ${message}` : message, path ? { details: { path } } : undefined);
         this.name = "GGUFError";
+    }
+}
+
+/**
+ * An output path that cannot be written as asked: it exists (ERR_OUTPUT_EXISTS; pass `overwrite: true` / --force),
+ * or it is a folder, in a folder that does not exist, or the very file being read (ERR_INVALID_OUTPUT).
+ */
+export class OutputPathError extends PhiAgentError {
+    constructor(code: "ERR_OUTPUT_EXISTS" | "ERR_INVALID_OUTPUT", message: string, readonly path: string) {
+        super(code, message, { details: { path } });
+        this.name = "OutputPathError";
     }
 }
 

@@ -13,7 +13,7 @@ export { listDevices, llamaLibraryInfo } from "./model/devices.js";
 export { quantizeModel, QUANT_TYPES, type QuantType, type QuantizeOptions } from "./model/quantize.js";
 export { defaultThreads } from "./native/binding.js";
 export {
-    AbortError, ContextOverflowError, DisposedError, GGUFError, PhiAgentError, isAbortError, type PhiErrorCode,
+    AbortError, ContextOverflowError, DisposedError, GGUFError, OutputPathError, PhiAgentError, isAbortError, type PhiErrorCode,
 } from "./errors.js";
 export { readGGUF, checkPhi2, inspectGGUF, type GGUFHeader, type GGUFSummary } from "./gguf/index.js";
 export { makeTestModel, type MakeTestModelOptions, type TestModelShape, type TestModelType } from "./testModel/makeTestModel.js";

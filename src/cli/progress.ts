@@ -1,7 +1,7 @@
 /** A one-line progress bar on stderr (redrawn in place on a TTY, a few plain lines otherwise). */
 export function progressBar(label: string): { update: (fraction: number, detail?: string) => void; done: () => void } {
     const tty = process.stderr.isTTY === true;
-    let lastPrinted = -1;
+    let lastPrinted = -10;
     const started = Date.now();
     const update = (fraction: number, detail?: string) => {
         const pct = Math.max(0, Math.min(100, Math.floor(fraction * 100)));

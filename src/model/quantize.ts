@@ -1,9 +1,11 @@
 /** Quantize a GGUF with llama.cpp's own quantizer (llama_model_quantize), off the event loop. */
 import fs from "node:fs";
-import { AbortError, PhiAgentError } from "../errors.js";
+import { randomBytes } from "node:crypto";
+import { AbortError, OutputPathError, PhiAgentError } from "../errors.js";
 import { readAndCheckPhi2 } from "../gguf/validate.js";
 import { defaultThreads, ensureLibrary, loadBinding } from "../native/binding.js";
 import { checkInteger } from "./options.js";
+import { checkOutputPath } from "./outputPath.js";
 
 /** llama_ftype values (llama.h). */
 export const QUANT_TYPES = {
@@ -17,6 +19,8 @@ export interface QuantizeOptions {
     threads?: number;
     /** Checked before the native quantizer starts (llama.cpp's quantizer cannot be interrupted once running). */
     signal?: AbortSignal;
+    /** Replace `outputPath` when it exists (default false: OutputPathError ERR_OUTPUT_EXISTS). The input is never replaced. */
+    overwrite?: boolean;
 }
 
 export async function quantizeModel(inputPath: string, outputPath: string, options: QuantizeOptions): Promise<void> {
@@ -25,12 +29,19 @@ export async function quantizeModel(inputPath: string, outputPath: string, optio
     if (typeof options !== "object" || options === null || !(options.type in QUANT_TYPES)) {
         throw new RangeError(`Expected "type" to be one of ${Object.keys(QUANT_TYPES).join(", ")}, got ${String(options?.type)}`);
     }
+    // Output first, before any work: its folder exists, it is not a folder, not the input, not replaced unasked.
+    checkOutputPath(outputPath, { inputs: [inputPath], overwrite: options.overwrite === true });
     const threads = options.threads === undefined ? defaultThreads() : checkInteger("threads", options.threads, 1, 1024);
     await readAndCheckPhi2(inputPath); // llama.cpp's quantizer must never see a file it would abort on
     if (options.signal?.aborted) throw new AbortError("Quantization was aborted before it started");
     const binding = loadBinding();
     ensureLibrary("cpu");
-    const tmp = `${outputPath}.partial-${process.pid}`;
+    const tmp = `${outputPath}.partial-${process.pid}-${randomBytes(4).toString("hex")}`;
+    try {
+        fs.closeSync(fs.openSync(tmp, "wx")); // can we write there at all? (llama.cpp's own error would be an iostream one)
+    } catch (err) {
+        throw new OutputPathError("ERR_INVALID_OUTPUT", `Cannot write ${outputPath}: ${(err as Error).message}`, outputPath);
+    }
     try {
         await binding.quantize(inputPath, tmp, QUANT_TYPES[options.type], threads);
         fs.renameSync(tmp, outputPath);

@@ -14,10 +14,12 @@
 import { mkdir, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { randomBytes } from "node:crypto";
+import { OutputPathError } from "../errors.js";
 import { GGMLType, type GGUFKV } from "../gguf/types.js";
 import { kv, writeGGUF, type EmitValues, type GGUFTensorSpec } from "../gguf/writer.js";
 import { readGGUF } from "../gguf/reader.js";
 import { checkPhi2 } from "../gguf/validate.js";
+import { checkOutputPath } from "../model/outputPath.js";
 import { loadPhi2Vocab, packageRoot, phi2VocabKV, PHI2_VOCAB_SIZE } from "./vocab.js";
 
 export type TestModelShape = "tiny" | "phi2";
@@ -65,6 +67,8 @@ export interface MakeTestModelOptions {
     seed?: number;
     type: TestModelType;
     onProgress?: MakeTestModelProgress;
+    /** Replace `out` when it exists (default false: OutputPathError ERR_OUTPUT_EXISTS, before any work). */
+    overwrite?: boolean;
 }
 
 export interface MakeTestModelResult {
@@ -161,6 +165,9 @@ function checkOptions(o: MakeTestModelOptions): void {
     if (o.seed !== undefined && (!Number.isInteger(o.seed) || o.seed < 0 || o.seed > 0xffffffff)) {
         throw new RangeError(`makeTestModel: seed ${String(o.seed)} must be an integer in 0..4294967295`);
     }
+    if (o.overwrite !== undefined && typeof o.overwrite !== "boolean") {
+        throw new TypeError(`makeTestModel: overwrite must be a boolean, got ${JSON.stringify(o.overwrite)}`);
+    }
 }
 
 function tempName(finalPath: string, tag: string): string {
@@ -218,13 +225,19 @@ async function quantizeToQ4KM(input: string, output: string): Promise<void> {
     await quantizeModel(input, output, { type: "q4_k_m" });
 }
 
-/** Writes a phi2 test model to `out` (atomically: temp file + rename). */
+/**
+ * Writes a phi2 test model to `out` (atomically: temp file + rename), creating its folder. An existing `out` is
+ * replaced only with `overwrite: true`; a folder is never written over; both are checked before any work.
+ */
 export async function makeTestModel(options: MakeTestModelOptions): Promise<MakeTestModelResult> {
     checkOptions(options);
     const { shape, type, onProgress } = options;
     const seed = options.seed ?? 1;
     const out = resolve(options.out);
-    await mkdir(dirname(out), { recursive: true });
+    await mkdir(dirname(out), { recursive: true }).catch((err: NodeJS.ErrnoException) => {
+        throw new OutputPathError("ERR_INVALID_OUTPUT", `Cannot create the folder of ${options.out}: ${err.message}`, out);
+    });
+    checkOutputPath(out, { overwrite: options.overwrite === true });
 
     const tmpOut = tempName(out, "tmp");
     const tmpF16 = type === "q4_k_m" ? tempName(out, "f16") : undefined;
@@ -276,7 +289,7 @@ export function ensureTestModel(options: EnsureTestModelOptions = {}): Promise<s
     if (!p) {
         p = (async () => {
             if (await isUsable(path)) return path;
-            await makeTestModel({ out: path, shape, type, seed, ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
+            await makeTestModel({ out: path, shape, type, seed, overwrite: true, ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
             return path;
         })().finally(() => inFlight.delete(path));
         inFlight.set(path, p);

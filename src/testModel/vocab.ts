@@ -1,6 +1,10 @@
 /**
  * The Phi-2 vocabulary, rebuilt from llama.cpp's GPT-2 vocab GGUF (no downloads).
  *
+ * Where the GPT-2 vocabulary comes from, in this order: PHI_GPT2_VOCAB (a GGUF path); the compact copy the build
+ * writes next to this module (gpt2-vocab.json.gz, from deps/llama.cpp/models/ggml-vocab-gpt-2.gguf by
+ * scripts/build-vocab.ts; shipped in the npm package with llama.cpp's MIT notice inside); deps/llama.cpp's GGUF.
+ *
  * microsoft/phi-2 uses the GPT-2 byte-level BPE (50257 tokens, same merges) plus 38 added tokens, and the
  * model's vocab_size is 51200. convert_hf_to_gguf.py (get_vocab_base / _set_vocab_gpt2) turns that into:
  *  - ids 0..50255: GPT-2 tokens, NORMAL; 50256 "<|endoftext|>": CONTROL (special added token)
@@ -12,6 +16,8 @@
  *  - tokenizer.ggml.pre "phi-2", bos = eos = unk = 50256, add_bos_token false.
  */
 import { existsSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { gunzipSync } from "node:zlib";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { PhiAgentError } from "../errors.js";
@@ -53,6 +59,50 @@ export function gpt2VocabPath(): string {
     return join(packageRoot(), "deps", "llama.cpp", "models", "ggml-vocab-gpt-2.gguf");
 }
 
+/** Path of the compact GPT-2 vocabulary the build writes next to this module (and the npm package ships). */
+export function packagedVocabPath(): string {
+    return fileURLToPath(new URL("./gpt2-vocab.json.gz", import.meta.url));
+}
+
+/** The GPT-2 vocabulary as llama.cpp's GGUF stores it (tokens, token types, merges). */
+export interface GPT2VocabSource {
+    tokens: string[];
+    tokenTypes: number[] | Int32Array;
+    merges: string[];
+}
+
+/** The packaged file's content: the GGUF's three arrays, plus where they came from and their license. */
+export interface PackagedVocab extends GPT2VocabSource {
+    source: string;
+    license: string;
+}
+
+/** Reads the GPT-2 arrays from llama.cpp's ggml-vocab-gpt-2.gguf. */
+export async function readGPT2VocabGGUF(path: string): Promise<GPT2VocabSource> {
+    const h = await readGGUF(path);
+    return {
+        tokens: h.metadata["tokenizer.ggml.tokens"] as string[],
+        tokenTypes: h.metadata["tokenizer.ggml.token_type"] as Int32Array,
+        merges: h.metadata["tokenizer.ggml.merges"] as string[],
+    };
+}
+
+async function readSource(): Promise<{ path: string; source: GPT2VocabSource }> {
+    const env = process.env["PHI_GPT2_VOCAB"];
+    const packaged = packagedVocabPath();
+    if (!env && existsSync(packaged)) {
+        const data = JSON.parse(gunzipSync(await readFile(packaged)).toString("utf8")) as PackagedVocab;
+        return { path: packaged, source: data };
+    }
+    const path = gpt2VocabPath();
+    if (!existsSync(path)) {
+        throw new PhiAgentError("ERR_MODEL_NOT_FOUND",
+            `GPT-2 vocabulary not found at ${path} nor at ${packaged}; run \`npm run build\` (it unpacks deps/llama.cpp and writes ${packaged}) or set PHI_GPT2_VOCAB to ggml-vocab-gpt-2.gguf`,
+            { details: { path } });
+    }
+    return { path, source: await readGPT2VocabGGUF(path) };
+}
+
 /** The added whitespace token texts by id: 50257 = 31 spaces ... 50286 = 2 spaces, 50287 = 9 tabs ... 50294 = 2 tabs. */
 export function phi2AddedWhitespaceTokens(): Map<number, string> {
     const m = new Map<number, string>();
@@ -74,23 +124,17 @@ export function loadPhi2Vocab(): Promise<Phi2Vocab> {
 }
 
 async function load(): Promise<Phi2Vocab> {
-    const path = gpt2VocabPath();
-    if (!existsSync(path)) {
-        throw new PhiAgentError("ERR_MODEL_NOT_FOUND",
-            `GPT-2 vocabulary not found at ${path}; run \`npm run setup:llama\` (it unpacks deps/llama.cpp) or set PHI_GPT2_VOCAB to ggml-vocab-gpt-2.gguf`,
-            { details: { path } });
-    }
-    const h = await readGGUF(path);
-    const srcTokens = h.metadata["tokenizer.ggml.tokens"];
-    const srcTypes = h.metadata["tokenizer.ggml.token_type"];
-    const srcMerges = h.metadata["tokenizer.ggml.merges"];
-    if (!Array.isArray(srcTokens) || srcTokens.length !== GPT2_VOCAB_SIZE || !(srcTypes instanceof Int32Array) ||
+    const { path, source } = await readSource();
+    const srcTokens: unknown = source.tokens;
+    const srcTypes: unknown = source.tokenTypes;
+    const srcMerges: unknown = source.merges;
+    if (!Array.isArray(srcTokens) || srcTokens.length !== GPT2_VOCAB_SIZE || !(srcTypes instanceof Int32Array || Array.isArray(srcTypes)) ||
         srcTypes.length !== GPT2_VOCAB_SIZE || !Array.isArray(srcMerges) || srcTokens[ENDOFTEXT_ID] !== "<|endoftext|>") {
         throw new PhiAgentError("ERR_INVALID_GGUF", `${path} is not llama.cpp's GPT-2 vocabulary (expected ${GPT2_VOCAB_SIZE} tokens ending in <|endoftext|>)`);
     }
     const tokens = (srcTokens as string[]).slice();
     const tokenTypes = new Int32Array(PHI2_VOCAB_SIZE);
-    tokenTypes.set(srcTypes);
+    tokenTypes.set(srcTypes as ArrayLike<number>);
     tokenTypes[ENDOFTEXT_ID] = LlamaTokenType.CONTROL;
     for (const [id, text] of phi2AddedWhitespaceTokens()) {
         tokens[id] = text;
