@@ -1,15 +1,16 @@
 import { expect } from "chai";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, readdir, rm, stat } from "node:fs/promises";
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { gunzipSync } from "node:zlib";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PhiAgentError } from "../src/errors.js";
+import { OutputPathError, PhiAgentError } from "../src/errors.js";
 import { readGGUF, readTensorF32 } from "../src/gguf/reader.js";
 import { GGMLType, GGUFValueType, LlamaTokenType, type GGUFHeader } from "../src/gguf/types.js";
 import { checkPhi2 } from "../src/gguf/validate.js";
 import { ensureTestModel, makeTestModel, testModelPath } from "../src/testModel/makeTestModel.js";
-import { loadPhi2Vocab } from "../src/testModel/vocab.js";
+import { gpt2VocabPath, loadPhi2Vocab, packagedVocabPath, readGPT2VocabGGUF, type PackagedVocab } from "../src/testModel/vocab.js";
 import { tinyModel } from "./helpers/models.js";
 
 const sha = async (p: string) => createHash("sha256").update(await readFile(p)).digest("hex");
@@ -164,6 +165,43 @@ describe("makeTestModel (tiny)", function () {
         await bad({ out: join(dir, "x.gguf"), shape: "tiny", type: "q3" }, RangeError, "\"q3\"");
         await bad({ out: join(dir, "x.gguf"), shape: "tiny", type: "f32", seed: -1 }, RangeError, "seed");
         expect(existsSync(join(dir, "x.gguf"))).to.equal(false);
+    });
+
+    it("refuses an existing out without overwrite, and a folder, before any work; overwrite: true replaces", async () => {
+        const out = join(dir, "existing.gguf");
+        await writeFile(out, "precious");
+        const progress: number[] = [];
+        const fail = async (o: Partial<Parameters<typeof makeTestModel>[0]>): Promise<OutputPathError> => {
+            let err: unknown;
+            try { await makeTestModel({ out, shape: "tiny", type: "q8_0", onProgress: (f) => progress.push(f), ...o }); } catch (e) { err = e; }
+            expect(err).to.be.instanceOf(OutputPathError);
+            return err as OutputPathError;
+        };
+        const exists = await fail({});
+        expect(exists.code).to.equal("ERR_OUTPUT_EXISTS");
+        expect(exists.message).to.include("overwrite: true");
+        expect(await readFile(out, "utf8")).to.equal("precious");
+        const folder = await fail({ out: dir, overwrite: true });
+        expect(folder.code).to.equal("ERR_INVALID_OUTPUT");
+        expect(folder.message).to.include("is a folder");
+        expect(progress, "no work was done").to.deep.equal([]);
+        let typeErr: unknown;
+        try { await makeTestModel({ out, shape: "tiny", type: "q8_0", overwrite: "yes" as unknown as boolean }); } catch (e) { typeErr = e; }
+        expect(typeErr).to.be.instanceOf(TypeError);
+        const r = await makeTestModel({ out, shape: "tiny", type: "q8_0", overwrite: true });
+        expect(r.bytes).to.equal((await stat(out)).size);
+        expect(() => checkPhi2(h)).to.not.throw();
+    });
+
+    it("the packaged vocabulary (dist, shipped in the npm package) holds llama.cpp's GPT-2 GGUF arrays and its MIT notice", async function () {
+        const source = gpt2VocabPath();
+        if (!existsSync(source)) this.skip(); // an installed package: no deps/
+        const packaged = JSON.parse(gunzipSync(await readFile(packagedVocabPath())).toString("utf8")) as PackagedVocab;
+        const gguf = await readGPT2VocabGGUF(source);
+        expect(packaged.tokens).to.deep.equal(gguf.tokens);
+        expect(packaged.merges).to.deep.equal(gguf.merges);
+        expect(packaged.tokenTypes).to.deep.equal(Array.from(gguf.tokenTypes));
+        expect(packaged.license).to.include("MIT License").and.include("The ggml authors").and.include("Permission is hereby granted");
     });
 
     it("the vocabulary loader caches and is the one written to the file", async () => {

@@ -1,9 +1,16 @@
 /**
  * The published package: `npm pack` carries the prebuilt addon, and the tarball installs into an empty project
- * with --ignore-scripts and no compiler on PATH (what npm 11 does by default for dependencies), then generates.
+ * with --ignore-scripts and no compiler on PATH (what npm 11 does by default for dependencies), then generates,
+ * and its CLI and makeTestModel() work from there.
+ *
+ * No network and no npm cache: the test's npm gets an empty cache of its own and a registry address where nothing
+ * listens, and installs our tarball together with tarballs of its runtime dependencies, packed from the copies
+ * `npm ci` put in node_modules/ (the same published files, byte for byte what the registry would send). The
+ * optional GPU variants of the llama.cpp libraries are left out, as an install where they are unavailable would.
  */
 import { expect } from "chai";
 import { execFileSync, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -35,7 +42,7 @@ describe("npm package", function () {
 
     it("installs from the packed tarball with --ignore-scripts and no compiler, and generates", async function () {
         const modelPath = await tinyModel("f32");
-        // The prebuilt addon that `npm run prebuild` writes (the build before the tests left it up to date).
+        // The prebuilt addon that `npm run build:prebuild` writes (the build before the tests left it up to date).
         execFileSync(process.execPath, [path.join(packageRoot, "scripts", "build-native.mjs"), "--prebuild"], { cwd: packageRoot, stdio: "pipe" });
         const npm = npmCli();
         const packed = execFileSync(process.execPath, [npm, "pack", "--ignore-scripts", "--json", "--pack-destination", work], { cwd: packageRoot, encoding: "utf8" });
@@ -53,13 +60,19 @@ describe("npm package", function () {
         fs.mkdirSync(bin);
         fs.symlinkSync(process.execPath, path.join(bin, "node"));
         fs.writeFileSync(path.join(project, "package.json"), JSON.stringify({ name: "app", version: "1.0.0", private: true, type: "module" }));
-        const env: NodeJS.ProcessEnv = { HOME: process.env.HOME, PATH: bin, npm_config_cache: process.env.npm_config_cache };
+        const cache = fs.mkdtempSync(path.join(work, "empty-npm-cache-"));
+        const env: NodeJS.ProcessEnv = {
+            HOME: process.env.HOME, PATH: bin, npm_config_cache: cache, npm_config_registry: "http://127.0.0.1:9/",
+            npm_config_update_notifier: "false",
+        };
         for (const tool of ["cc", "gcc", "g++", "c++", "make", "python3", "cmake"]) {
             expect(spawnSync(tool, ["--version"], { env }).error, `${tool} must not be on PATH`).to.exist;
         }
+        const deps = runtimeDependencyTarballs(npm, work);
         const install = spawnSync(process.execPath, [npm, "install", "--ignore-scripts", "--offline", "--no-audit", "--no-fund",
-            "--omit=dev", path.join(work, info[0]!.filename)], { cwd: project, env, encoding: "utf8" });
+            "--omit=dev", path.join(work, info[0]!.filename), ...deps], { cwd: project, env, encoding: "utf8" });
         expect(install.status, install.stderr).to.equal(0);
+        expect(fs.existsSync(path.join(project, "node_modules", "llm-phi-agent", "deps")), "no llama.cpp sources in the install").to.equal(false);
 
         fs.writeFileSync(path.join(project, "main.js"), `
             import { PhiModel } from "llm-phi-agent";
@@ -74,5 +87,55 @@ describe("npm package", function () {
         expect(out.tokens).to.have.length(8);
         expect(out.finishReason).to.equal("length");
         expect(out.addon.startsWith(project)).to.equal(true, "uses the libraries installed with the package");
+
+        // The CLI through npm's bin link, and the test-model writer (vocabulary and q4_k_m quantizer) from the package.
+        const phiAgent = path.join(project, "node_modules", ".bin", "phi-agent");
+        const cli = (...args: string[]) => spawnSync(phiAgent, args, { cwd: project, env, encoding: "utf8" });
+        const version = cli("--version");
+        expect(version.status, version.stderr).to.equal(0);
+        expect(version.stdout.trim()).to.equal((JSON.parse(fs.readFileSync(path.join(packageRoot, "package.json"), "utf8")) as { version: string }).version);
+        const made = cli("make-test-model", "--out", "models/tiny-q4.gguf", "--type", "q4_k_m", "--json");
+        expect(made.status, made.stderr).to.equal(0);
+        expect(JSON.parse(made.stdout)).to.include({ path: path.join(project, "models", "tiny-q4.gguf"), type: "q4_k_m" });
+        const gen = cli("generate", "--model", "models/tiny-q4.gguf", "--prompt", "The benefits of", "--max-tokens", "4", "--threads", "2", "--json");
+        expect(gen.status, gen.stderr).to.equal(0);
+        expect((JSON.parse(gen.stdout) as { tokens: number[] }).tokens).to.have.length(4);
+
+        fs.writeFileSync(path.join(project, "make.js"), `
+            import { makeTestModel, readGGUF } from "llm-phi-agent";
+            const r = await makeTestModel({ out: "lib-q8.gguf", shape: "tiny", type: "q8_0", seed: 1 });
+            const h = await readGGUF(r.path);
+            console.log(JSON.stringify({ bytes: r.bytes, tokens: h.metadata["tokenizer.ggml.tokens"].length, fileType: h.metadata["general.file_type"] }));
+        `);
+        const lib = spawnSync(process.execPath, ["make.js"], { cwd: project, env, encoding: "utf8" });
+        expect(lib.status, lib.stderr).to.equal(0);
+        const made2 = JSON.parse(lib.stdout.trim()) as { bytes: number; tokens: number; fileType: number };
+        expect(made2).to.deep.equal({ bytes: fs.statSync(path.join(project, "lib-q8.gguf")).size, tokens: 51200, fileType: 7 });
+        // the same bytes as the checkout's writer (test/makeTestModel.test.ts pins the packaged vocabulary to llama.cpp's GGUF)
+        expect(sha256(path.join(project, "lib-q8.gguf"))).to.equal(sha256(await tinyModel("q8_0")));
     });
 });
+
+const sha256 = (p: string) => createHash("sha256").update(fs.readFileSync(p)).digest("hex");
+
+/**
+ * Tarballs of our runtime dependencies, packed from node_modules/ (where `npm ci` put them): every `dependencies`
+ * entry, and of the optionalDependencies the llama.cpp CPU libraries of this platform.
+ */
+function runtimeDependencyTarballs(npm: string, dest: string): string[] {
+    const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot, "package.json"), "utf8")) as {
+        dependencies?: Record<string, string>; optionalDependencies?: Record<string, string>;
+    };
+    const names = [...Object.keys(pkg.dependencies ?? {}),
+        ...Object.keys(pkg.optionalDependencies ?? {}).filter((n) => n === `@node-llama-cpp/${process.platform}-${process.arch}`)];
+    expect(names).to.include(`@node-llama-cpp/${process.platform}-${process.arch}`);
+    return names.map((name) => {
+        const dir = path.join(packageRoot, "node_modules", ...name.split("/"));
+        const installed = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as { version: string };
+        const wanted = pkg.dependencies?.[name] ?? pkg.optionalDependencies?.[name];
+        expect(installed.version, `${name} in node_modules is the version package.json pins`).to.equal(wanted);
+        const packed = execFileSync(process.execPath, [npm, "pack", "--ignore-scripts", "--json", "--pack-destination", dest, dir],
+            { cwd: dest, encoding: "utf8", env: { ...process.env, npm_config_registry: "http://127.0.0.1:9/", npm_config_offline: "true" } });
+        return path.join(dest, (JSON.parse(packed) as { filename: string }[])[0]!.filename);
+    });
+}
