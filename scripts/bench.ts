@@ -14,7 +14,8 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ensureTestModel, type TestModelShape, type TestModelType } from "../src/testModel/makeTestModel.js";
+import { ensureTestModel, TEST_MODEL_SHAPES, TEST_MODEL_TYPES, type TestModelShape, type TestModelType } from "../src/testModel/makeTestModel.js";
+import { choiceFlag, intFlag, listFlag, scriptArgs, UsageError } from "./args.js";
 import {
     best,
     cpuSnapshot,
@@ -61,90 +62,39 @@ const USAGE = `usage: node dist/scripts/bench.js [--shapes tiny,phi2] [--types q
                 [--repeat R] [--rounds N] [--no-wait] [--sides ours,cpp,nlc] [--levels 1,2,4,8]
                 [--via agent|generate] [--no-repack] [--no-threadpool] [--flash-attn auto|on|off] [--no-concurrency] [--json FILE]`;
 
-function fail(msg: string): never {
-    process.stderr.write(`bench: ${msg}\n${USAGE}\n`);
-    process.exit(2);
-}
+const SIDES = ["ours", "cpp", "nlc"] as const;
 
 function parseArgs(argv: string[]): Options {
-    const o: Options = {
-        shapes: ["tiny", "phi2"],
-        types: ["q4_k_m", "q8_0"],
-        threads: Math.max(1, os.availableParallelism()),
-        quick: false,
-        waitQuiet: true,
-        via: "agent",
-        repack: true,
-        threadpool: true,
-        flashAttention: "auto",
-        sides: ["ours", "cpp", "nlc"],
-        levels: [1, 2, 4, 8],
-        concurrency: true,
-    };
-    let shapesGiven = false;
-    const list = (flag: string, v: string | undefined) => {
-        if (!v) fail(`${flag} needs a value`);
-        return v.split(",").map((s) => s.trim()).filter(Boolean);
-    };
-    const int = (flag: string, v: string | undefined, min: number) => {
-        const n = Number(v);
-        if (!Number.isInteger(n) || n < min) fail(`${flag} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
-        return n;
-    };
-    for (let i = 0; i < argv.length; i++) {
-        const a = argv[i]!;
-        const [flag, inline] = a.includes("=") ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)] : [a, undefined];
-        const next = () => inline ?? argv[++i];
-        switch (flag) {
-            case "--shapes": {
-                const v = list(flag, next());
-                for (const s of v) if (s !== "tiny" && s !== "phi2") fail(`unknown shape ${JSON.stringify(s)} (tiny, phi2)`);
-                o.shapes = v as TestModelShape[];
-                shapesGiven = true;
-                break;
-            }
-            case "--types": {
-                const v = list(flag, next());
-                for (const t of v) if (!["q4_k_m", "q8_0", "f16", "f32"].includes(t)) fail(`unknown type ${JSON.stringify(t)} (q4_k_m, q8_0, f16, f32)`);
-                o.types = v as TestModelType[];
-                break;
-            }
-            case "--threads": o.threads = int(flag, next(), 1); break;
-            case "--repeat": o.repeat = int(flag, next(), 1); break;
-            case "--rounds": o.rounds = int(flag, next(), 1); break;
-            case "--no-wait": o.waitQuiet = false; break;
-            case "--no-repack": o.repack = false; break;
-            case "--no-threadpool": o.threadpool = false; break;
-            case "--flash-attn": {
-                const v = next();
-                if (v !== "auto" && v !== "on" && v !== "off") fail(`--flash-attn must be auto, on or off, got ${JSON.stringify(v)}`);
-                o.flashAttention = v;
-                break;
-            }
-            case "--via": {
-                const v = next();
-                if (v !== "agent" && v !== "generate") fail(`--via must be agent or generate, got ${JSON.stringify(v)}`);
-                o.via = v;
-                break;
-            }
-            case "--quick": o.quick = true; break;
-            case "--sides": {
-                const v = list(flag, next());
-                for (const s of v) if (!["ours", "cpp", "nlc"].includes(s)) fail(`unknown side ${JSON.stringify(s)} (ours, cpp, nlc)`);
-                if (!v.includes("ours")) fail("--sides must include ours (it picks the prompts every side uses)");
-                o.sides = v as Side[];
-                break;
-            }
-            case "--levels": o.levels = list(flag, next()).map((s) => int("--levels", s, 1)); break;
-            case "--no-concurrency": o.concurrency = false; break;
-            case "--json": o.json = next() ?? fail("--json needs a file name"); break;
-            case "--help": case "-h": process.stdout.write(USAGE + "\n"); process.exit(0);
-            // eslint-disable-next-line no-fallthrough
-            default: fail(`unknown argument ${a}`);
-        }
-    }
-    if (o.quick && !shapesGiven) o.shapes = ["tiny"];
-    return o;
+    return scriptArgs("bench", USAGE, {
+        shapes: { type: "string" }, types: { type: "string" }, threads: { type: "string" }, quick: { type: "boolean" },
+        repeat: { type: "string" }, rounds: { type: "string" }, "no-wait": { type: "boolean" }, sides: { type: "string" },
+        levels: { type: "string" }, via: { type: "string" }, "no-repack": { type: "boolean" }, "no-threadpool": { type: "boolean" },
+        "flash-attn": { type: "string" }, "no-concurrency": { type: "boolean" }, json: { type: "string" },
+    }, (v) => {
+        const sides = listFlag("sides", v.sides, SIDES) ?? [...SIDES];
+        if (!sides.includes("ours")) throw new UsageError("--sides must include ours (it picks the prompts every side uses)");
+        const quick = v.quick === true;
+        const o: Options = {
+            shapes: listFlag("shapes", v.shapes, TEST_MODEL_SHAPES) ?? (quick ? ["tiny"] : ["tiny", "phi2"]),
+            types: listFlag("types", v.types, TEST_MODEL_TYPES) ?? ["q4_k_m", "q8_0"],
+            threads: intFlag("threads", v.threads, 1) ?? Math.max(1, os.availableParallelism()),
+            quick,
+            waitQuiet: v["no-wait"] !== true,
+            via: choiceFlag("via", v.via, ["agent", "generate"] as const) ?? "agent",
+            repack: v["no-repack"] !== true,
+            threadpool: v["no-threadpool"] !== true,
+            flashAttention: choiceFlag("flash-attn", v["flash-attn"], ["auto", "on", "off"] as const) ?? "auto",
+            sides,
+            levels: (listFlag("levels", v.levels) ?? ["1", "2", "4", "8"]).map((s) => intFlag("levels", s, 1)!),
+            concurrency: v["no-concurrency"] !== true,
+        };
+        const repeat = intFlag("repeat", v.repeat, 1);
+        const rounds = intFlag("rounds", v.rounds, 1);
+        if (repeat !== undefined) o.repeat = repeat;
+        if (rounds !== undefined) o.rounds = rounds;
+        if (v.json !== undefined) o.json = v.json;
+        return o;
+    }, argv);
 }
 
 /** Per-shape workload. Sized so the default run stays around 15 minutes on 2 cores. */

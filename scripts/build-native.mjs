@@ -8,9 +8,10 @@ import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const args = process.argv.slice(2);
+const { values: args } = parseArgs({ options: { prebuild: { type: "boolean" }, force: { type: "boolean" } } });
 const output = path.join(root, "build", "Release", "phi_agent.node");
 
 function newestInput() {
@@ -26,7 +27,7 @@ function newestInput() {
     return newest;
 }
 
-const upToDate = fs.existsSync(output) && fs.statSync(output).mtimeMs >= newestInput() && !args.includes("--force");
+const upToDate = fs.existsSync(output) && fs.statSync(output).mtimeMs >= newestInput() && !args.force;
 if (!upToDate) {
     const require = createRequire(import.meta.url);
     let gyp;
@@ -51,7 +52,7 @@ if (!upToDate) {
     }
 }
 
-if (args.includes("--prebuild")) {
+if (args.prebuild) {
     const dir = path.join(root, "prebuilds", `${process.platform}-${process.arch}`);
     fs.mkdirSync(dir, { recursive: true });
     fs.copyFileSync(output, path.join(dir, "phi_agent.napi.node"));

@@ -9,15 +9,17 @@ import path from "node:path";
 import { gzipSync } from "node:zlib";
 import { gpt2VocabPath, packagedVocabPath, readGPT2VocabGGUF, type PackagedVocab } from "../src/testModel/vocab.js";
 import { packageRoot } from "../src/native/binding.js";
+import { scriptArgs } from "./args.js";
 
 async function main(): Promise<void> {
+    const force = scriptArgs("build-vocab", "usage: node dist/scripts/build-vocab.js [--force]", { force: { type: "boolean" } }, (v) => v.force === true);
     const source = gpt2VocabPath();
     const out = packagedVocabPath();
     if (!fs.existsSync(source)) {
         if (fs.existsSync(out)) return; // a package without deps/ that already has its copy
         throw new Error(`build-vocab: ${source} is missing; run \`node scripts/setup-llama.mjs\` first`);
     }
-    if (fs.existsSync(out) && fs.statSync(out).mtimeMs >= fs.statSync(source).mtimeMs && !process.argv.includes("--force")) return;
+    if (fs.existsSync(out) && fs.statSync(out).mtimeMs >= fs.statSync(source).mtimeMs && !force) return;
     const v = await readGPT2VocabGGUF(source);
     const license = fs.readFileSync(path.join(packageRoot, "deps", "llama.cpp", "LICENSE"), "utf8");
     const data: PackagedVocab = {

@@ -13,10 +13,12 @@
  *   --log      write one JSON line per file (name, outcome, code, message, ms) to FILE
  *   --selftest-crash N   make the worker abort() on file N: checks that a death is caught, counted and survived
  *
+ * --worker is internal: the parent forks this file with it.
+ *
  * Prints files tried, loaded, refused with a typed error (by code), untyped errors, hangs and process deaths.
  * Exit code 1 when any worker died or hung, or an error was not typed, or a named case got the wrong code.
  */
-import { flag, numberFlag } from "./args.js";
+import { intFlag, numberFlag, scriptArgs } from "./args.js";
 import { fork, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
@@ -98,7 +100,7 @@ class Worker {
 
     constructor(private readonly onReport: (w: Worker, r: Report) => void, private readonly onExit: (w: Worker, how: string) => void) {
         const self = fileURLToPath(import.meta.url);
-        const crash = flag("selftest-crash");
+        const crash = parentArgs().selftestCrash;
         this.child = fork(self, ["--worker"], {
             stdio: ["ignore", "ignore", "pipe", "ipc"],
             env: crash === undefined ? process.env : { ...process.env, PHI_FUZZ_SELFTEST_CRASH: crash },
@@ -122,14 +124,34 @@ class Worker {
     }
 }
 
+const USAGE = "usage: node dist/scripts/fuzz.js [--seed N] [--count N] [--minutes M] [--jobs J] [--timeout S] [--keep DIR] [--log FILE] [--selftest-crash N]";
+
+let parsed: ReturnType<typeof readParentArgs> | undefined;
+
+function readParentArgs() {
+    return scriptArgs("fuzz", USAGE, {
+        seed: { type: "string" }, count: { type: "string" }, minutes: { type: "string" }, jobs: { type: "string" },
+        timeout: { type: "string" }, keep: { type: "string" }, log: { type: "string" }, "selftest-crash": { type: "string" },
+    }, (v) => ({
+        seed: intFlag("seed", v.seed, 0) ?? 1,
+        count: intFlag("count", v.count, 0) ?? 1000,
+        minutes: numberFlag("minutes", v.minutes, 0.05) ?? 4,
+        jobs: intFlag("jobs", v.jobs, 1) ?? 1,
+        timeoutS: numberFlag("timeout", v.timeout, 1) ?? 60,
+        keep: v.keep,
+        logFile: v.log,
+        selftestCrash: v["selftest-crash"] === undefined ? undefined : String(intFlag("selftest-crash", v["selftest-crash"], 0)),
+    }));
+}
+
+/** The parent's flags (parsed once; a mistake exits 2 before any work). */
+function parentArgs(): ReturnType<typeof readParentArgs> {
+    parsed ??= readParentArgs();
+    return parsed;
+}
+
 async function parent(): Promise<void> {
-    const seed = numberFlag("seed", 1, 0);
-    const count = Math.floor(numberFlag("count", 1000, 0));
-    const minutes = numberFlag("minutes", 4, 0.05);
-    const jobs = Math.floor(numberFlag("jobs", 1, 1));
-    const timeoutS = numberFlag("timeout", 60, 1);
-    const keep = flag("keep");
-    const logFile = flag("log");
+    const { seed, count, minutes, jobs, timeoutS, keep, logFile } = parentArgs();
     const log = logFile ? fs.createWriteStream(logFile) : undefined;
     const started = Date.now();
     const deadline = started + minutes * 60_000;
@@ -286,9 +308,10 @@ async function parent(): Promise<void> {
     process.exitCode = failed ? 1 : 0;
 }
 
-if (process.argv.includes("--worker")) {
+if (process.argv.length === 3 && process.argv[2] === "--worker") {
     void worker();
 } else {
+    parentArgs();
     parent().catch((err) => {
         console.error(err);
         process.exit(1);

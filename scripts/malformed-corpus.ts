@@ -15,6 +15,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { intFlag, scriptArgs, UsageError } from "./args.js";
 import { GGMLType, GGUFValueType, type GGUFKV } from "../src/gguf/types.js";
 import { f32ToF16Bits, kv, writeGGUF, type GGUFTensorSpec, type GGUFWriteSpec } from "../src/gguf/writer.js";
 import { phi2HParamsKV } from "../src/testModel/makeTestModel.js";
@@ -611,23 +612,13 @@ function applyOne(b: Buffer, layout: GGUFLayout, r: () => number, kind: string):
 // ---------------------------------------------------------------------------------------------------------------
 // CLI
 
-function arg(name: string, fallback: number): number {
-    const i = process.argv.indexOf(`--${name}`);
-    if (i < 0) return fallback;
-    const v = Number(process.argv[i + 1]);
-    if (!Number.isInteger(v) || v < 0) throw new RangeError(`--${name} expects a non-negative integer, got ${process.argv[i + 1]}`);
-    return v;
-}
+const USAGE = "usage: node dist/scripts/malformed-corpus.js --out DIR [--seed N] [--count N]";
 
 async function main(): Promise<void> {
-    const i = process.argv.indexOf("--out");
-    if (i < 0 || !process.argv[i + 1]) {
-        console.error("usage: node dist/scripts/malformed-corpus.js --out DIR [--seed N] [--count N]");
-        process.exit(2);
-    }
-    const out = path.resolve(process.argv[i + 1]!);
-    const seed = arg("seed", 1);
-    const count = arg("count", 1000);
+    const { out, seed, count } = scriptArgs("malformed-corpus", USAGE, { out: { type: "string" }, seed: { type: "string" }, count: { type: "string" } }, (v) => {
+        if (!v.out) throw new UsageError("--out DIR is required");
+        return { out: path.resolve(v.out), seed: intFlag("seed", v.seed, 0) ?? 1, count: intFlag("count", v.count, 0) ?? 1000 };
+    });
     fs.mkdirSync(out, { recursive: true });
     const corpus = await buildCorpus(out);
     const manifest: { file: string; name: string; expect?: string }[] = [];

@@ -20,7 +20,7 @@
  * threshold: buffers ≥ 1 MiB are always mmapped and given back on free), so RSS tracks live memory. Pass
  * --default-malloc to measure with the allocator's defaults instead.
  */
-import { flag, numberFlag as num } from "./args.js";
+import { intFlag, numberFlag, scriptArgs } from "./args.js";
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { setFlagsFromString } from "node:v8";
@@ -36,21 +36,35 @@ function fullGc(): () => void {
     return runInNewContext("gc") as () => void;
 }
 
+const USAGE = "usage: node dist/scripts/soak.js [--cycles 50] [--from 5] [--window 5] [--tokens 32] [--max-drift 5] [--model PATH] [--concurrent 4] [--threads 1] [--default-malloc]";
+
+function soakArgs() {
+    return scriptArgs("soak", USAGE, {
+        cycles: { type: "string" }, from: { type: "string" }, tokens: { type: "string" }, concurrent: { type: "string" },
+        "max-drift": { type: "string" }, window: { type: "string" }, threads: { type: "string" }, model: { type: "string" },
+        "default-malloc": { type: "boolean" },
+    }, (v) => ({
+        cycles: intFlag("cycles", v.cycles, 1) ?? 50,
+        from: intFlag("from", v.from, 1) ?? 5,
+        tokens: intFlag("tokens", v.tokens, 1) ?? 32,
+        concurrent: intFlag("concurrent", v.concurrent, 1) ?? 4,
+        maxDrift: numberFlag("max-drift", v["max-drift"], 0) ?? 5,
+        window: intFlag("window", v.window, 1) ?? 5,
+        threads: intFlag("threads", v.threads, 1) ?? 1,
+        model: v.model,
+        defaultMalloc: v["default-malloc"] === true,
+    }));
+}
+
 const mb = (b: number) => (b / 1024 / 1024).toFixed(1);
 
 async function main(): Promise<void> {
-    const cycles = Math.floor(num("cycles", 50, 1));
-    const from = Math.floor(num("from", 5, 1));
-    const tokens = Math.floor(num("tokens", 32, 1));
-    const concurrent = Math.floor(num("concurrent", 4, 1));
-    const maxDrift = num("max-drift", 5, 0);
-    const window = Math.floor(num("window", 5, 1));
-    const threads = Math.floor(num("threads", 1, 1));
+    const { cycles, from, tokens, concurrent, maxDrift, window, threads, model } = soakArgs();
     if (from >= cycles) {
         console.error(`--from (${from}) must be less than --cycles (${cycles})`);
         process.exit(2);
     }
-    const modelPath = flag("model") ?? await ensureTestModel({ shape: "tiny", type: "f32", seed: 1 });
+    const modelPath = model ?? await ensureTestModel({ shape: "tiny", type: "f32", seed: 1 });
     const gc = fullGc();
     const settle = async () => {
         for (let i = 0; i < 3; i++) {
@@ -116,7 +130,7 @@ async function main(): Promise<void> {
     }
 }
 
-if (process.platform === "linux" && process.env["MALLOC_MMAP_THRESHOLD_"] === undefined && !process.argv.includes("--default-malloc")) {
+if (process.platform === "linux" && process.env["MALLOC_MMAP_THRESHOLD_"] === undefined && !soakArgs().defaultMalloc) {
     const child = spawnSync(process.execPath, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
         stdio: "inherit",
         env: { ...process.env, MALLOC_MMAP_THRESHOLD_: "1048576" },

@@ -9,6 +9,7 @@ import { createHash } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { parseFlags, UsageError } from "../src/cli/args.js";
 import { OutputPathError } from "../src/errors.js";
 import { readGGUF } from "../src/gguf/reader.js";
 import { quantizeModel } from "../src/model/quantize.js";
@@ -322,5 +323,53 @@ describe("quantizeModel output checks", function () {
         expect(sha(input)).to.equal(before);
         expect(fs.readFileSync(other, "utf8")).to.equal("x");
         expect(fs.readdirSync(dir).sort()).to.deep.equal(["in.gguf", "other.gguf"]); // no partial files
+    });
+});
+
+describe("flag parsing (the CLI's and the scripts')", function () {
+    const options = { keep: { type: "string" }, log: { type: "string" }, threads: { type: "string" }, json: { type: "boolean" } } as const;
+    const usageError = (argv: string[]): string => {
+        let err: unknown;
+        try { parseFlags(argv, options); } catch (e) { err = e; }
+        expect(err, argv.join(" ")).to.be.instanceOf(UsageError);
+        expect((err as Error).message).to.not.include("\n");
+        return (err as Error).message;
+    };
+
+    it("never takes the next flag as a value", function () {
+        expect(usageError(["--keep", "--log", "x"])).to.equal('--keep needs a value (for a value that starts with "--", write --keep=VALUE)');
+        expect(usageError(["--keep", "--json"])).to.include("--keep needs a value");
+        expect(usageError(["--keep"])).to.include("--keep needs a value");
+        expect(parseFlags(["--keep=--log", "--log", "x"], options).values).to.deep.equal({ keep: "--log", log: "x" });
+    });
+
+    it("takes a value that starts with one dash (negative numbers, -x) and --flag=-value", function () {
+        expect(parseFlags(["--threads", "-1", "--keep", "-x"], options).values).to.deep.equal({ threads: "-1", keep: "-x" });
+        expect(parseFlags(["--threads=-1"], options).values).to.deep.equal({ threads: "-1" });
+    });
+
+    it("unknown flags, values for boolean flags and stray arguments are one-line usage errors", function () {
+        expect(usageError(["--nope"])).to.equal("unknown option --nope");
+        expect(usageError(["--json=1"])).to.equal("--json takes no value");
+        expect(usageError(["stray"])).to.equal('unexpected argument "stray"');
+    });
+
+    it("a script refuses a flag as a value: exit 2, one line plus its usage, no work done", function () {
+        this.timeout(60_000);
+        const cwd = fs.mkdtempSync(path.join(os.tmpdir(), "phi-script-args-"));
+        try {
+            const r = spawnSync(process.execPath, [path.join(packageRoot, "dist", "scripts", "malformed-corpus.js"), "--out", "--count", "0"], { cwd, encoding: "utf8" });
+            expect(r.status, r.stderr).to.equal(2);
+            expect(r.stderr.split("\n")[0]).to.equal('malformed-corpus: --out needs a value (for a value that starts with "--", write --out=VALUE)');
+            expect(r.stderr).to.include("usage: node dist/scripts/malformed-corpus.js");
+            expect(fs.readdirSync(cwd)).to.deep.equal([]);
+            for (const [script, args] of [["fuzz.js", ["--count", "x"]], ["soak.js", ["--cycles", "0"]], ["bench.js", ["--json", "--quick"]], ["bench.js", ["--threads", "-1"]]] as const) {
+                const b = spawnSync(process.execPath, [path.join(packageRoot, "dist", "scripts", script), ...args], { cwd, encoding: "utf8" });
+                expect(b.status, `${script} ${args.join(" ")}: ${b.stderr}`).to.equal(2);
+                expect(b.stderr).to.match(/^\S+: --\S+ /).and.include("usage:");
+            }
+        } finally {
+            fs.rmSync(cwd, { recursive: true, force: true });
+        }
     });
 });

@@ -111,10 +111,28 @@ describe("npm package", function () {
         expect(lib.status, lib.stderr).to.equal(0);
         const made2 = JSON.parse(lib.stdout.trim()) as { bytes: number; tokens: number; fileType: number };
         expect(made2).to.deep.equal({ bytes: fs.statSync(path.join(project, "lib-q8.gguf")).size, tokens: 51200, fileType: 7 });
+        // The README's two TypeScript snippets, run as they are from the install (the model path and device swapped
+        // for the test model and the CPU): each must print what it promises.
+        const snippets = readmeSnippets();
+        expect(snippets).to.have.length(2);
+        for (const [i, code] of snippets.entries()) {
+            const file = path.join(project, `readme-${i}.mjs`);
+            fs.writeFileSync(file, code.replaceAll("models/phi-2.Q4_K_M.gguf", modelPath).replace(/device: "[^"]*"/g, 'device: "cpu"'));
+            const r = spawnSync(process.execPath, [file], { cwd: project, env, encoding: "utf8" });
+            expect(r.status, `README snippet ${i + 1}: ${r.stderr}`).to.equal(0);
+            expect(r.stdout.trim().length, `README snippet ${i + 1} prints its result`).to.be.above(0);
+        }
+
         // the same bytes as the checkout's writer (test/makeTestModel.test.ts pins the packaged vocabulary to llama.cpp's GGUF)
         expect(sha256(path.join(project, "lib-q8.gguf"))).to.equal(sha256(await tinyModel("q8_0")));
     });
 });
+
+/** The ```ts blocks of README.md that import from "llm-phi-agent" (plain JavaScript, so they run as .mjs). */
+function readmeSnippets(): string[] {
+    const readme = fs.readFileSync(path.join(packageRoot, "README.md"), "utf8");
+    return [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!).filter((c) => c.includes('from "llm-phi-agent"'));
+}
 
 const sha256 = (p: string) => createHash("sha256").update(fs.readFileSync(p)).digest("hex");
 
