@@ -20,42 +20,16 @@ import { inspectGGUF } from "../gguf/validate.js";
 import { packageRoot } from "../native/binding.js";
 import { makeTestModel, TEST_MODEL_SHAPES, TEST_MODEL_TYPES } from "../testModel/makeTestModel.js";
 import type { DeviceSpec, LoadOptions } from "../model/types.js";
-import { choiceFlag, intFlag, numberFlag, parseFlags, UsageError, type FlagOptions, type FlagValues } from "./args.js";
+import { choiceFlag, intFlag, numberFlag, UsageError } from "./args.js";
+import { COMMON_HELP, HelpShown, modelPath, parseCommand, readStdin, type Command } from "./command.js";
 import { exitOverride, installProcessHandlers, interruptSignal, out, stdoutClosed } from "./process.js";
 import { progressBar } from "./progress.js";
 
 export { UsageError } from "./args.js";
-
-/** A command: runs with the arguments after its name; `usage` is its --help text (first line: the synopsis). */
-export interface Command {
-    (argv: string[]): Promise<void>;
-    usage?: string;
-}
-
-/** Thrown by parseCommand after it printed a command's --help. */
-export class HelpShown extends Error {}
-
-const COMMON = `--model defaults to $PHI2_MODEL. Devices: auto (default), cpu, cuda, cuda:N, vulkan, vulkan:N, metal.
-A value that starts with "--" is written --flag=VALUE. Exit codes: 0 done, 1 failed, 2 usage error,
-130 interrupted (Ctrl-C), 141 stdout closed (e.g. piped into head).`;
-
-/** parseArgs for one command, plus -h/--help (prints `usage` and stops the command). */
-export function parseCommand<O extends FlagOptions>(argv: string[], usage: string, options: O, allowPositionals = false): { values: FlagValues<O>; positionals: string[] } {
-    if (argv.includes("--help") || argv.includes("-h")) {
-        out(`Usage: phi-agent ${usage}\n\n${COMMON}\n`);
-        throw new HelpShown();
-    }
-    return parseFlags(argv, options, allowPositionals);
-}
+export { HelpShown, parseCommand, type Command } from "./command.js";
 
 const int = (name: string, value: string | undefined) => intFlag(name, value);
 const float = (name: string, value: string | undefined) => numberFlag(name, value);
-
-function modelPath(value: string | undefined): string {
-    const p = value ?? process.env.PHI2_MODEL;
-    if (!p) throw new UsageError("--model FILE is required (or set PHI2_MODEL); see models/README.md for where to get a Phi-2 GGUF");
-    return p;
-}
 
 /** The library's "pass { overwrite: true }" is --force here. */
 function withForceHint(err: unknown, out: string): never {
@@ -63,13 +37,6 @@ function withForceHint(err: unknown, out: string): never {
         throw new OutputPathError("ERR_OUTPUT_EXISTS", `${out} already exists; pass --force to replace it`, err.path);
     }
     throw err;
-}
-
-async function readStdin(flag: string): Promise<string> {
-    if (process.stdin.isTTY) throw new UsageError(`give ${flag} TEXT or pipe it on stdin`);
-    const chunks: Buffer[] = [];
-    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-    return Buffer.concat(chunks).toString("utf8");
 }
 
 async function generate(argv: string[]): Promise<void> {
@@ -101,7 +68,7 @@ async function generate(argv: string[]): Promise<void> {
         signal,
         stopOnAbort: true,
     };
-    const prompt = values.prompt ?? (await readStdin("--prompt"));
+    const prompt = values.prompt ?? (await readStdin("--prompt", signal));
     // The load line: on stderr, redrawn in place when stderr is a terminal (or always with --progress); never on stdout.
     const bar = values.progress || process.stderr.isTTY ? progressBar(`loading ${path.basename(file)}`) : undefined;
     bar?.update(0);
@@ -235,7 +202,7 @@ function usage(): string {
 Commands:
 ${lines.join("\n")}
 
-${COMMON}
+${COMMON_HELP}
 phi-agent --version prints the version.`;
 }
 
