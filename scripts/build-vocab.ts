@@ -33,7 +33,7 @@ async function main(): Promise<void> {
     const tmp = `${out}.tmp-${process.pid}`;
     fs.writeFileSync(tmp, gzipSync(JSON.stringify(data), { level: 9 }));
     fs.renameSync(tmp, out);
-    console.log(`build-vocab: wrote ${path.relative(packageRoot, out)} (${(fs.statSync(out).size / 1e6).toFixed(2)} MB)`);
+    console.log(`build-vocab: wrote ${path.relative(packageRoot, out)} (${(fs.statSync(out).size / 2 ** 20).toFixed(2)} MiB)`);
 }
 
 main().catch((err: unknown) => {

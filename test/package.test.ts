@@ -138,15 +138,21 @@ const sha256 = (p: string) => createHash("sha256").update(fs.readFileSync(p)).di
 
 /**
  * Tarballs of our runtime dependencies, packed from node_modules/ (where `npm ci` put them): every `dependencies`
- * entry, and of the optionalDependencies the llama.cpp CPU libraries of this platform.
+ * entry, and of the optionalDependencies the llama.cpp CPU libraries of this platform (os/cpu match, not a GPU variant).
  */
 function runtimeDependencyTarballs(npm: string, dest: string): string[] {
     const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot, "package.json"), "utf8")) as {
         dependencies?: Record<string, string>; optionalDependencies?: Record<string, string>;
     };
-    const names = [...Object.keys(pkg.dependencies ?? {}),
-        ...Object.keys(pkg.optionalDependencies ?? {}).filter((n) => n === `@node-llama-cpp/${process.platform}-${process.arch}`)];
-    expect(names).to.include(`@node-llama-cpp/${process.platform}-${process.arch}`);
+    const forThisMachine = (name: string) => {
+        const file = path.join(packageRoot, "node_modules", ...name.split("/"), "package.json");
+        if (!fs.existsSync(file) || /cuda|vulkan/.test(name)) return false;
+        const p = JSON.parse(fs.readFileSync(file, "utf8")) as { os?: string[]; cpu?: string[] };
+        return (!p.os || p.os.includes(process.platform)) && (!p.cpu || p.cpu.includes(process.arch));
+    };
+    const optional = Object.keys(pkg.optionalDependencies ?? {}).filter(forThisMachine);
+    expect(optional, "the llama.cpp CPU libraries for this platform are installed").to.have.length(1);
+    const names = [...Object.keys(pkg.dependencies ?? {}), ...optional];
     return names.map((name) => {
         const dir = path.join(packageRoot, "node_modules", ...name.split("/"));
         const installed = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as { version: string };
