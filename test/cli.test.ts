@@ -151,6 +151,19 @@ describe("phi-agent CLI", function () {
             expect(r.stderr).to.match(/^loading test-tiny-f32-s1\.gguf: 0%$/m).and.match(/^loading test-tiny-f32-s1\.gguf: 100%$/m);
         });
 
+        it("generate draws the load as one line redrawn in place on a terminal, and erases it", function () {
+            const argv = [process.execPath, CLI, "generate", "--model", model, "--prompt", "hi", "--max-tokens", "3", "--threads", "1"];
+            // util-linux script(1) gives the command a pseudo-terminal; its output is the terminal's
+            const r = spawnSync("script", ["-qec", argv.map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(" "), "/dev/null"], { encoding: "utf8" });
+            if (r.error) this.skip(); // no script(1) here
+            expect(r.status, r.stdout).to.equal(0);
+            expect(r.stdout).to.match(/^\rloading test-tiny-f32-s1\.gguf \[-+\]   0%/);
+            expect(r.stdout).to.include("100%").and.include("\r\x1b[K");
+            const afterLoad = r.stdout.slice(r.stdout.lastIndexOf("\r\x1b[K") + 4);
+            expect(afterLoad).to.not.include("loading");
+            expect(afterLoad).to.match(/\[length; 1 prompt \+ 3 generated tokens;/);
+        });
+
         it("generate and tokenize read the prompt from stdin when --prompt/--text is absent", function () {
             const prompt = "The benefits of multi-agent systems include";
             const viaFlag = cli(["generate", "--model", model, "--prompt", prompt, "--max-tokens", "5", "--threads", "1", "--json"]);

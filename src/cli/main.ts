@@ -70,7 +70,7 @@ async function generate(argv: string[]): Promise<void> {
     };
     const prompt = values.prompt ?? (await readStdin("--prompt", signal));
     // The load line: on stderr, redrawn in place when stderr is a terminal (or always with --progress); never on stdout.
-    const bar = values.progress || process.stderr.isTTY ? progressBar(`loading ${path.basename(file)}`) : undefined;
+    const bar = values.progress || process.stderr.isTTY ? progressBar(`loading ${path.basename(file)}`, true) : undefined;
     bar?.update(0);
     let model: PhiModel;
     try {

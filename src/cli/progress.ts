@@ -1,5 +1,8 @@
-/** A one-line progress bar on stderr (redrawn in place on a TTY, a few plain lines otherwise). */
-export function progressBar(label: string): { update: (fraction: number, detail?: string) => void; done: () => void } {
+/**
+ * A one-line progress bar on stderr (redrawn in place on a TTY, a few plain lines otherwise). With `erase`, done()
+ * clears the line on a TTY instead of ending it (for a transient line such as "loading").
+ */
+export function progressBar(label: string, erase = false): { update: (fraction: number, detail?: string) => void; done: () => void } {
     const tty = process.stderr.isTTY === true;
     let lastPrinted = -10;
     const started = Date.now();
@@ -15,5 +18,5 @@ export function progressBar(label: string): { update: (fraction: number, detail?
             process.stderr.write(`${label}: ${lastPrinted}%${detail ? " " + detail : ""}\n`);
         }
     };
-    return { update, done: () => { if (tty) process.stderr.write("\n"); } };
+    return { update, done: () => { if (tty) process.stderr.write(erase ? "\r\x1b[K" : "\n"); } };
 }
