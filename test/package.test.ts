@@ -40,6 +40,18 @@ describe("npm package", function () {
         fs.rmSync(work, { recursive: true, force: true });
     });
 
+    it("no npm pre/post hook writes prebuilds/ (the prebuild step is build:prebuild, run on purpose)", function () {
+        const scripts = (JSON.parse(fs.readFileSync(path.join(packageRoot, "package.json"), "utf8")) as { scripts: Record<string, string> }).scripts;
+        expect(scripts["build:prebuild"]).to.include("--prebuild");
+        for (const [name, body] of Object.entries(scripts)) {
+            const hookOf = /^(pre|post)(.+)$/.exec(name)?.[2];
+            if (hookOf === undefined || !(hookOf in scripts)) continue; // not a hook of another script
+            expect(body, `"${name}" runs around every "npm run ${hookOf}"`).to.not.include("--prebuild");
+        }
+        const workflow = fs.readFileSync(path.join(packageRoot, ".github", "workflows", "prebuild.yml"), "utf8");
+        expect(workflow).to.include("npm run build:prebuild");
+    });
+
     it("installs from the packed tarball with --ignore-scripts and no compiler, and generates", async function () {
         const modelPath = await tinyModel("f32");
         // The prebuilt addon that `npm run build:prebuild` writes (the build before the tests left it up to date).
