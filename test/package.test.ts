@@ -14,7 +14,7 @@ import { createHash } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { packageRoot } from "../src/native/binding.js";
+import { librarySets, packageRoot } from "../src/native/binding.js";
 import { tinyModel } from "./helpers/models.js";
 
 function npmCli(): string {
@@ -150,20 +150,17 @@ const sha256 = (p: string) => createHash("sha256").update(fs.readFileSync(p)).di
 
 /**
  * Tarballs of our runtime dependencies, packed from node_modules/ (where `npm ci` put them): every `dependencies`
- * entry, and of the optionalDependencies the llama.cpp CPU libraries of this platform (os/cpu match, not a GPU variant).
+ * entry, and of the optionalDependencies the llama.cpp CPU libraries of this platform (the set src/native/binding.ts picks for the CPU).
  */
 function runtimeDependencyTarballs(npm: string, dest: string): string[] {
     const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot, "package.json"), "utf8")) as {
         dependencies?: Record<string, string>; optionalDependencies?: Record<string, string>;
     };
-    const forThisMachine = (name: string) => {
-        const file = path.join(packageRoot, "node_modules", ...name.split("/"), "package.json");
-        if (!fs.existsSync(file) || /cuda|vulkan/.test(name)) return false;
-        const p = JSON.parse(fs.readFileSync(file, "utf8")) as { os?: string[]; cpu?: string[] };
-        return (!p.os || p.os.includes(process.platform)) && (!p.cpu || p.cpu.includes(process.arch));
-    };
-    const optional = Object.keys(pkg.optionalDependencies ?? {}).filter(forThisMachine);
-    expect(optional, "the llama.cpp CPU libraries for this platform are installed").to.have.length(1);
+    // the CPU set of the libraries the addon would pick here (src/native/binding.ts names them per platform)
+    const cpu = librarySets().find((set) => set.backend === "cpu" && set.source.startsWith("@node-llama-cpp/"));
+    expect(cpu, "the llama.cpp CPU libraries for this platform are installed").to.not.equal(undefined);
+    const optional = [cpu!.source];
+    expect(Object.keys(pkg.optionalDependencies ?? {})).to.include(cpu!.source);
     const names = [...Object.keys(pkg.dependencies ?? {}), ...optional];
     return names.map((name) => {
         const dir = path.join(packageRoot, "node_modules", ...name.split("/"));
