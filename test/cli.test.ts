@@ -236,6 +236,23 @@ describe("phi-agent CLI", function () {
         });
     });
 
+    it("the README's `npx phi-agent` lines run from this checkout", function () {
+        const readme = fs.readFileSync(path.join(packageRoot, "README.md"), "utf8");
+        const block = /From a clone, the CLI runs through npx[^\n]*\n\n```sh\n([\s\S]*?)```/.exec(readme)?.[1];
+        expect(block, "README: the npx block").to.be.a("string");
+        const lines = block!.split("\n").map((l) => l.replace(/\s+#.*$/, "").trim()).filter(Boolean);
+        expect(lines.length).to.be.at.least(3);
+        const tiny = path.join(dir, "readme-tiny.gguf");
+        const npx = path.join(path.dirname(process.execPath), "npx");
+        for (const line of lines) {
+            const words = [...line.matchAll(/"([^"]*)"|(\S+)/g)].map((m) => m[1] ?? m[2]!).map((w) => (w === "models/tiny.gguf" ? tiny : w));
+            expect(words.slice(0, 2)).to.deep.equal(["npx", "phi-agent"]);
+            const r = spawnSync(fs.existsSync(npx) ? npx : "npx", ["--offline", ...words.slice(1)], { cwd: packageRoot, encoding: "utf8", timeout: 300_000 });
+            expect(r.status, `${line}: ${r.stderr}`).to.equal(0);
+            expect(r.stdout.length, line).to.be.above(0);
+        }
+    });
+
     describe("output files: never replaced unasked, never the input", function () {
         it("make-test-model refuses an existing --out without --force, replaces it with --force", function () {
             const out = path.join(dir, "existing.gguf");
