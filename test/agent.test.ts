@@ -6,7 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { LLMPhiAgent, PhiAgentProps } from "../src/agent/index.js";
+import { LLMPhiAgent, PhiAgentProps, isPhiAgentEvent } from "../src/agent/index.js";
 import { AgentBuilder, GuildBuilder, type Guild, type GuildEvent, type ProbeClient } from "../src/guild/index.js";
 import {
     DEFAULT_TOPIC,
@@ -69,10 +69,10 @@ describe("LLMPhiAgent (tiny test model)", function () {
 
     describe("start()", () => {
         it("loads the model once, with its progress visible as events", () => {
-            const progress = events.filter((e): e is Extract<GuildEvent, { type: "model_load_progress" }> => e.type === "model_load_progress");
+            const progress = events.filter((e) => isPhiAgentEvent(e, "model_load_progress"));
             expect(progress.length).to.be.greaterThan(0);
-            expect(progress.at(-1)!.progress).to.equal(1);
-            const loaded = events.filter((e) => e.type === "model_loaded");
+            expect(progress.at(-1)!.data.progress).to.equal(1);
+            const loaded = events.filter((e) => isPhiAgentEvent(e, "model_loaded"));
             expect(loaded).to.have.length(1);
             expect(loaded[0]).to.deep.include({ agentId: "phi_agent", guildId: "phi_guild" });
             expect(model.info.architecture).to.equal("phi2");
@@ -242,7 +242,7 @@ describe("LLMPhiAgent (tiny test model)", function () {
             const seen: GuildEvent[] = [];
             const g = await new GuildBuilder("broken_guild").onEvent((e) => seen.push(e)).addAgentSpec(phiSpec(missing)).launch();
             try {
-                const failed = seen.find((e) => e.type === "model_load_failed");
+                const failed = seen.find((e) => isPhiAgentEvent(e, "model_load_failed"));
                 expect(failed, "model_load_failed event").to.not.equal(undefined);
                 const client = g.client("c");
                 for (let i = 0; i < 2; i++) {
@@ -300,7 +300,7 @@ describe("LLMPhiAgent (tiny test model)", function () {
             await g.shutdown();
             expect(m.disposed).to.equal(true);
             expect(a.model).to.equal(undefined);
-            expect(seen.map((e) => e.type)).to.include.members(["model_disposed", "agent_stopped"]);
+            expect(seen.map((e) => (e.type === "agent_event" ? e.name : e.type))).to.include.members(["model_disposed", "agent_stopped"]);
             expect(() => m.tokenize("x")).to.throw(PhiAgentError);
         });
     });

@@ -11,7 +11,7 @@
 import { parseArgs } from "node:util";
 import { PhiModel } from "../model/PhiModel.js";
 import { listDevices } from "../model/devices.js";
-import { quantizeModel, QUANT_TYPES, type QuantType } from "../model/quantize.js";
+import { isQuantType, quantizeModel, QUANT_TYPES } from "../model/quantize.js";
 import { inspectGGUF } from "../gguf/validate.js";
 import { makeTestModel, TEST_MODEL_SHAPES, TEST_MODEL_TYPES, type TestModelShape, type TestModelType } from "../testModel/makeTestModel.js";
 import type { DeviceSpec, LoadOptions } from "../model/types.js";
@@ -166,9 +166,9 @@ async function quantize(argv: string[]): Promise<void> {
         options: { model: { type: "string" }, out: { type: "string" }, type: { type: "string" }, threads: { type: "string" }, json: { type: "boolean" } },
     });
     if (!values.out) throw new UsageError("--out FILE is required");
-    if (!values.type || !(values.type in QUANT_TYPES)) throw new UsageError(`--type must be one of ${Object.keys(QUANT_TYPES).join(", ")}`);
+    if (!isQuantType(values.type)) throw new UsageError(`--type must be one of ${Object.keys(QUANT_TYPES).join(", ")}`);
     const started = Date.now();
-    await quantizeModel(modelPath(values.model), values.out, { type: values.type as QuantType, threads: int("threads", values.threads) });
+    await quantizeModel(modelPath(values.model), values.out, { type: values.type, threads: int("threads", values.threads) });
     const result = { out: values.out, type: values.type, seconds: (Date.now() - started) / 1000 };
     process.stdout.write(values.json ? JSON.stringify(result) + "\n" : `wrote ${values.out} (${values.type}) in ${result.seconds.toFixed(1)} s\n`);
 }
