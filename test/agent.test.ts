@@ -150,7 +150,11 @@ describe("LLMPhiAgent (tiny test model)", function () {
             const replies = await Promise.all(sent.map((s) => watcher.waitForReply(s.message, 60000)));
             done = true;
             await sampler;
-            await new Promise((r) => setTimeout(r, 100)); // anything extra would show up now
+            // no handler is running any more, so no further reply can be made; a marker answered after that, on the
+            // same ordered topic, arrives after anything extra they published
+            while (agent.inflight > 0) await new Promise((r) => setImmediate(r));
+            const marker = client.publish(DEFAULT_TOPIC, { generation_prompt: 7 }, { format: GenerationPromptRequest.format });
+            await watcher.waitForReply(marker, 60000);
 
             const ids = new Set(sent.map((s) => s.message.id));
             const allReplies = watcher.messages.filter((m) => m.in_response_to !== null && ids.has(m.in_response_to!));
@@ -211,11 +215,15 @@ describe("LLMPhiAgent (tiny test model)", function () {
             await client.close();
         });
 
-        it("answers a request with a lone surrogate in the prompt with a ValidationError message", async () => {
+        it("answers a request with a lone surrogate or a NUL in the prompt with a ValidationError naming generation_prompt", async () => {
             const client = guild.client("surrogate_client");
-            const e = error(await client.request(DEFAULT_TOPIC, GenerationPromptRequest.create({ generation_prompt: "bad \ud800 text" }), { timeoutMs: 60000 }));
-            expect(e.error_type).to.equal("ValidationError");
-            expect(e.error_message).to.match(/lone UTF-16 surrogate/);
+            for (const [prompt, what] of [["bad \ud800 text", /"generation_prompt" contains a lone UTF-16 surrogate \(at index 4\)/], ["nul\u0000byte", /"generation_prompt" contains a NUL character at index 3/]] as const) {
+                const e = error(await client.request(DEFAULT_TOPIC, GenerationPromptRequest.create({ generation_prompt: prompt }), { timeoutMs: 60000 }));
+                expect(e.error_type).to.equal("ValidationError");
+                expect(e.code).to.equal("ERR_INVALID_ARGUMENT");
+                expect(e.error_message).to.match(what);
+                expect(e.error_message).to.not.match(/"text"/);
+            }
             await client.close();
         });
     });
