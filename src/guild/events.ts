@@ -13,7 +13,7 @@ export type GuildEventBody =
     | { type: "agent_start_failed"; agentId: string; error: Error }
     | { type: "agent_stopped"; agentId: string }
     /**
-     * An event the agent defines (Agent.emitAgentEvent): `name` says which (e.g. "model_loaded"), `data` is the
+     * An event the agent defines (Agent.emitAgentEvent): `name` says which (e.g. "index_ready"), `data` is the
      * agent's payload, `text` the one-line description formatGuildEvent prints, `error` set when it reports a failure.
      */
     | { type: "agent_event"; agentId: string; name: string; data: Readonly<Record<string, unknown>>; text?: string; error?: Error }
