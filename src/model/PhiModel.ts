@@ -10,6 +10,7 @@ import { fileTypeTag } from "../gguf/types.js";
 import { readAndCheckPhi2 } from "../gguf/validate.js";
 import { defaultThreads, loadBinding, type NativeEngine, type NativeModel, type NativeDonePayload } from "../native/binding.js";
 import { selectDevice } from "./devices.js";
+import { kvCacheBytes } from "./limits.js";
 import { checkText, checkTokens, resolveContext, resolveGenerateOptions, resolveLoadOptions, resolveTokenizeOptions, type ResolvedGenerateOptions } from "./options.js";
 import type { GenerateOptions, GenerationResult, LoadOptions, ModelInfo, TokenChunk, TokenizeOptions } from "./types.js";
 
@@ -91,7 +92,7 @@ export class PhiModel implements AsyncDisposable {
         } catch (err) {
             await engine.close().catch(() => undefined);
             native.dispose();
-            throw withCallerStack(new PhiAgentError("ERR_LOAD_FAILED", (err as Error).message, { cause: err }), caller);
+            throw withCallerStack(new PhiAgentError("ERR_LOAD_FAILED", contextFailure((err as Error).message, kvSize, kvCacheBytes(hparams, kvSize)), { cause: err }), caller);
         }
         const n = native.info();
         const info: ModelInfo = {
@@ -320,6 +321,13 @@ function toResult(p: NativeDonePayload): GenerationResult {
             generationMs: p.generationMs,
         },
     };
+}
+
+/** llama.cpp's context failure, with the real cause first when it ran out of memory (its log may lead with a warning). */
+function contextFailure(message: string, cells: number, bytes: number): string {
+    if (!/insufficient memory|failed to allocate|out of memory/i.test(message)) return message;
+    return `Not enough memory for a KV cache of ${cells} cells (about ${(bytes / 2 ** 30).toFixed(2)} GiB): lower "kvCacheSize" ` +
+        `(or "contextSize"), or free memory. llama.cpp: ${message}`;
 }
 
 /** The llama.cpp release of a node-llama-cpp library folder (its build metadata), else "unknown". */
