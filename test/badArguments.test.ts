@@ -8,6 +8,7 @@ import { execFile } from "node:child_process";
 import os from "node:os";
 import { promisify } from "node:util";
 import { ContextOverflowError, PhiAgentError, PhiModel } from "../src/index.js";
+import { OPTION_SCHEMAS, kvCacheBytes } from "../src/model/limits.js";
 import { readAndCheckPhi2 } from "../src/gguf/validate.js";
 import { tinyModel } from "./helpers/models.js";
 
@@ -185,11 +186,11 @@ describe("bad arguments", function () {
     describe("a KV cache larger than the memory", function () {
         it("is refused before llama.cpp allocates, naming kvCacheSize and the bytes it needs", async function () {
             const { hparams } = await readAndCheckPhi2(modelPath);
-            const cells = 1 << 24;
-            const bytes = 2 * hparams.blockCount * cells * hparams.headDim * hparams.headCountKV * 2;
+            const cells = OPTION_SCHEMAS.kvCacheSize.maximum!;
+            const bytes = kvCacheBytes(hparams, cells);
             if (bytes <= os.totalmem()) this.skip(); // this machine could hold it
             const err = await rejection(() => PhiModel.load({ modelPath, contextSize: 64, kvCacheSize: cells }));
-            expectTyped(err, RangeError, /"kvCacheSize" is 16777216: its KV cache would need [\d.]+ GiB .*more than all of this machine's RAM/, "kvCacheSize");
+            expectTyped(err, RangeError, /"kvCacheSize" is \d+: its KV cache would need [\d.]+ GiB .*more than all of this machine's RAM/, "kvCacheSize");
             expect((err as Error).message).to.not.match(/training context/);
             expect((err as { code?: string }).code).to.equal("ERR_INVALID_ARGUMENT");
         });
