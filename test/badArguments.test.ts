@@ -184,6 +184,20 @@ describe("bad arguments", function () {
     });
 
     describe("a KV cache larger than the memory", function () {
+        it("the estimate is llama.cpp's own KV buffer size (its log, for 100 and 1000 cells)", async function () {
+            this.timeout(120000);
+            const { hparams } = await readAndCheckPhi2(modelPath);
+            for (const cells of [100, 1000]) {
+                const script = `import(${JSON.stringify(INDEX)}).then(async ({ PhiModel }) => {
+                    const m = await PhiModel.load({ modelPath: ${JSON.stringify(modelPath)}, threads: 1, sequences: 1, contextSize: ${cells} }); await m.dispose(); })`;
+                const { stderr } = await promisify(execFile)(process.execPath, ["--input-type=module", "-e", script],
+                    { timeout: 60000, env: { ...process.env, PHI_AGENT_LLAMA_LOG: "info" } });
+                const logged = /KV buffer size =\s*([\d.]+) MiB/.exec(stderr);
+                expect(logged, stderr.slice(-2000)).to.not.equal(null);
+                expect(Number(logged![1])).to.equal(kvCacheBytes(hparams, cells) / 2 ** 20);
+            }
+        });
+
         it("is refused before llama.cpp allocates, naming kvCacheSize and the bytes it needs", async function () {
             const { hparams } = await readAndCheckPhi2(modelPath);
             const cells = OPTION_SCHEMAS.kvCacheSize.maximum!;
