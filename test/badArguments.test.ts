@@ -117,11 +117,10 @@ describe("bad arguments", function () {
     describe("load() options", function () {
         for (const contextSize of [0, -1, NaN, 1e9, 1.5]) {
             it(`contextSize ${contextSize}: RangeError naming "contextSize", before anything is loaded`, async function () {
-                const started = Date.now();
-                const err = await rejection(() => PhiModel.load({ modelPath, contextSize }));
+                // the file does not exist: had anything been read or loaded first, the error would be ERR_MODEL_NOT_FOUND
+                const err = await rejection(() => PhiModel.load({ modelPath: `${modelPath}.missing`, contextSize }));
                 expectTyped(err, RangeError, /"contextSize"/, "load");
                 expect((err as Error).message).to.include(String(contextSize));
-                expect(Date.now() - started).to.be.lessThan(1000);
             });
         }
         it(`contextSize "512": TypeError`, async function () {

@@ -280,6 +280,8 @@ describe("guild runtime (model-free)", function () {
             const client = guild.client("c");
             const ignored = client.publish(DEFAULT_TOPIC, Echo.create({ text: "nobody listens" }));
             const sent = client.publish("side", Echo.create({ text: "side" }));
+            // `ignored` was published first: had the agent taken it, its reply would have been published (and, the
+            // backend delivering in publish order, received) before this one
             const reply = await sideProbe.waitForReply(sent, 2000);
             expect(reply.topic_published_to).to.equal("side");
             expect(defaultProbe.repliesTo(ignored)).to.deep.equal([]);
