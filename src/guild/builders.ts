@@ -204,7 +204,7 @@ export class GuildBuilder {
         return this;
     }
 
-    /** Listens to the guild's events from the start (agent lifecycle, model load progress, errors). */
+    /** Listens to the guild's events from the start (agent lifecycle, agent-defined events, errors). */
     onEvent(listener: GuildEventListener): this {
         if (typeof listener !== "function") throw new PhiTypeError(`GuildBuilder.onEvent: listener must be a function; got ${typeof listener}`);
         this.#listeners.push(listener);

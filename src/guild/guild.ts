@@ -119,7 +119,7 @@ export class Guild {
         }
     }
 
-    /** Calls `listener` for every event (agent lifecycle, model load progress, handler errors, logs). Returns a function that removes it. */
+    /** Calls `listener` for every event (agent lifecycle, agent-defined events such as model loading, handler errors, logs). Returns a function that removes it. */
     onEvent(listener: GuildEventListener): () => void {
         if (typeof listener !== "function") {
             throw new PhiTypeError(`onEvent: listener must be a function; got ${typeof listener}`);
