@@ -176,6 +176,9 @@ NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     params_.flashAttention = GetInt(o, "flashAttention", params_.flashAttention);
     if (params_.kvSize == 0 || params_.contextSize == 0 || params_.contextSize > params_.kvSize ||
         params_.batchSize == 0 || params_.sequences == 0 || params_.sequences > params_.batchSize ||
+        // llama.cpp reserves one output row per sequence in min(n_ctx, n_batch) rows: more sequences abort it
+        // (GGML_ASSERT n_outputs_max; src/model/limits.ts sequencesProblem is the same rule, checked first)
+        params_.sequences > params_.kvSize ||
         params_.threads <= 0 || params_.batchThreads <= 0 || params_.flashAttention < -1 || params_.flashAttention > 1) {
         Napi::RangeError::New(env, "invalid engine parameters").ThrowAsJavaScriptException();
         return;

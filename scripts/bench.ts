@@ -16,6 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import { ensureTestModel, TEST_MODEL_SHAPES, TEST_MODEL_TYPES, type TestModelShape, type TestModelType } from "../src/testModel/makeTestModel.js";
 import { choiceFlag, intFlag, listFlag, scriptArgs, UsageError } from "./args.js";
+import { kvCacheBytes } from "../src/model/limits.js";
 import {
     best,
     cpuSnapshot,
@@ -643,7 +644,8 @@ function verdicts(reports: ModelReport[], conc: ConcurrencyReport[]): { what: st
         const info = (r.raw.ours?.[0] as { info?: { layers: number; embeddingLength: number } } | undefined)?.info;
         if (!s || !info) continue;
         // f16 K and V for every layer and context cell
-        const kvBytes = 2 * info.layers * r.plan.contextSize * info.embeddingLength * 2;
+        // Phi-2 is multi-head attention: head dim × KV heads = the embedding length
+        const kvBytes = kvCacheBytes({ blockCount: info.layers, headDim: info.embeddingLength, headCountKV: 1 }, r.plan.contextSize);
         const limitKb = (r.fileBytes + kvBytes + 150e6) / 1024;
         out.push({
             what: `${r.shape} ${r.type} peak RSS ≤ file + KV cache + 150 MB`,

@@ -6,7 +6,7 @@
  * (phi2 architecture, the real vocabulary, RANDOM weights — its text is noise; it shows the
  * plumbing, not Phi-2). Device: PHI2_DEVICE (default "auto"); CPU threads: PHI2_THREADS.
  */
-import { LLMPhiAgent, PhiAgentProps } from "../src/agent/index.js";
+import { LLMPhiAgent, PhiAgentProps, isPhiAgentEvent } from "../src/agent/index.js";
 import { AgentBuilder, GuildBuilder, formatGuildEvent, type GuildEvent } from "../src/guild/index.js";
 import { ErrorMessage, GenerationPromptRequest, GenerationPromptResponse, messageToJSON } from "../src/messages/index.js";
 import { ensureTestModel } from "../src/testModel/makeTestModel.js";
@@ -34,8 +34,8 @@ async function main(): Promise<number> {
 
     let lastPercent = -1;
     const onEvent = (event: GuildEvent) => {
-        if (event.type === "model_load_progress") {
-            const percent = Math.floor(event.progress * 10) * 10;
+        if (isPhiAgentEvent(event, "model_load_progress")) {
+            const percent = Math.floor(event.data.progress * 10) * 10;
             if (percent === lastPercent) return;
             lastPercent = percent;
         }

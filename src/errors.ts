@@ -1,9 +1,19 @@
 /**
- * One error class with a stable string `code`, plus named subclasses for the cases callers branch on.
- * Argument mistakes are plain `TypeError` / `RangeError` (what JavaScript users expect for bad arguments).
+ * The error taxonomy. Every error the library throws on purpose carries a stable string `code` (PhiErrorCode):
+ * - argument mistakes are `PhiTypeError` (wrong type, missing) / `PhiRangeError` (value not allowed): still
+ *   `instanceof TypeError` / `RangeError`, as JavaScript users expect of argument checks, with
+ *   `code: "ERR_INVALID_ARGUMENT"`;
+ * - everything else is a `PhiAgentError` (or a named subclass for the cases callers branch on);
+ * - `err instanceof PhiAgentError` is true for all of them (argument errors included), so one check catches
+ *   every library error, and `err.code` tells them apart.
  */
 export type PhiErrorCode =
+    /** A bad argument, option, field or payload (PhiTypeError / PhiRangeError). */
     | "ERR_INVALID_ARGUMENT"
+    /** The call is not allowed in the object's current state (not started, already started, not running). */
+    | "ERR_INVALID_STATE"
+    /** A wait ran out of time (GuildTimeoutError). */
+    | "ERR_TIMEOUT"
     | "ERR_MODEL_NOT_FOUND"
     | "ERR_INVALID_GGUF"
     | "ERR_UNSUPPORTED_ARCHITECTURE"
@@ -23,11 +33,52 @@ export class PhiAgentError extends Error {
     readonly code: PhiErrorCode;
     readonly details?: Record<string, unknown>;
 
+    /** `x instanceof PhiAgentError` also holds for the argument errors (PhiTypeError, PhiRangeError). */
+    static override [Symbol.hasInstance](value: unknown): boolean {
+        if (Function.prototype[Symbol.hasInstance].call(this, value)) return true;
+        return this === PhiAgentError && (value instanceof PhiTypeError || value instanceof PhiRangeError);
+    }
+
     constructor(code: PhiErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
         super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
         this.name = "PhiAgentError";
         this.code = code;
         if (options?.details) this.details = options.details;
+    }
+}
+
+/** A bad argument's type (or a missing one). `instanceof TypeError`; `code` is "ERR_INVALID_ARGUMENT". */
+export class PhiTypeError extends TypeError {
+    readonly code = "ERR_INVALID_ARGUMENT" as const;
+    readonly details?: Record<string, unknown>;
+    constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+        super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
+        this.name = "TypeError";
+        if (options?.details) this.details = options.details;
+    }
+}
+
+/** A bad argument's value. `instanceof RangeError`; `code` is "ERR_INVALID_ARGUMENT". */
+export class PhiRangeError extends RangeError {
+    readonly code = "ERR_INVALID_ARGUMENT" as const;
+    readonly details?: Record<string, unknown>;
+    constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+        super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
+        this.name = "RangeError";
+        if (options?.details) this.details = options.details;
+    }
+}
+
+/** Whether `err` is an argument error of this library (PhiTypeError / PhiRangeError, code ERR_INVALID_ARGUMENT). */
+export function isArgumentError(err: unknown): err is PhiTypeError | PhiRangeError {
+    return err instanceof PhiTypeError || err instanceof PhiRangeError;
+}
+
+/** The call is not allowed in the current state (e.g. an agent used before its guild started it). */
+export class InvalidStateError extends PhiAgentError {
+    constructor(message: string) {
+        super("ERR_INVALID_STATE", message);
+        this.name = "InvalidStateError";
     }
 }
 

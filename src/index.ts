@@ -10,10 +10,13 @@ export type {
     TokenChunk, TokenizeOptions,
 } from "./model/types.js";
 export { listDevices, llamaLibraryInfo } from "./model/devices.js";
-export { quantizeModel, QUANT_TYPES, type QuantType, type QuantizeOptions } from "./model/quantize.js";
+export { quantizeModel, isQuantType, QUANT_TYPES, type QuantType, type QuantizeOptions } from "./model/quantize.js";
+export { GENERATE_DEFAULTS, LOAD_DEFAULTS } from "./model/options.js";
+export { OPTION_SCHEMAS, threadLimit } from "./model/limits.js";
 export { defaultThreads } from "./native/binding.js";
 export {
-    AbortError, ContextOverflowError, DisposedError, GGUFError, OutputPathError, PhiAgentError, isAbortError, type PhiErrorCode,
+    AbortError, ContextOverflowError, DisposedError, GGUFError, InvalidStateError, OutputPathError, PhiAgentError, PhiRangeError, PhiTypeError,
+    isAbortError, isArgumentError, type PhiErrorCode,
 } from "./errors.js";
 export { readGGUF, checkPhi2, inspectGGUF, type GGUFHeader, type GGUFSummary } from "./gguf/index.js";
 export { makeTestModel, type MakeTestModelOptions, type TestModelShape, type TestModelType } from "./testModel/makeTestModel.js";

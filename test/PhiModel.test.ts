@@ -47,13 +47,14 @@ describe("PhiModel", function () {
             for (let i = 1; i < seen.length; i++) expect(seen[i]).to.be.at.least(seen[i - 1]!);
         });
 
-        it("keeps the event loop ticking while it loads", async function () {
-            let ticks = 0;
-            const timer = setInterval(() => ticks++, 1);
-            const m = await PhiModel.load({ modelPath, threads: 1, contextSize: 32, mmap: false });
-            clearInterval(timer);
-            await m.dispose();
-            expect(ticks).to.be.greaterThan(2);
+        it("keeps the event loop running while it loads: an abort from a progress callback stops llama.cpp's load itself", async function () {
+            // If the load blocked the event loop, the callback (and so the abort) would run only after llama.cpp had
+            // finished, and the rejection would carry no native cause; here llama.cpp itself reports ERR_ABORTED.
+            const controller = new AbortController();
+            const err = await PhiModel.load({ modelPath, threads: 1, contextSize: 32, mmap: false, signal: controller.signal, onProgress: (p) => { if (p < 1) controller.abort(); } })
+                .then(async (m) => { await m.dispose(); return null; }, (e: unknown) => e);
+            expect(err).to.be.instanceOf(AbortError);
+            expect(((err as Error).cause as { code?: string } | undefined)?.code, "aborted inside llama.cpp's load").to.equal("ERR_ABORTED");
         });
 
         it("refuses a GGUF whose architecture is not phi2, before the native load", async function () {
@@ -229,15 +230,16 @@ describe("PhiModel", function () {
         });
 
         it("stops when the signal aborts: AbortError, and the next call works", async function () {
+            // aborted from its own token callback: the abort is ordered after the generation started, no clock
             const controller = new AbortController();
-            const started = Date.now();
-            const pending = model.generate(SEED_PROMPT, { signal: controller.signal });
-            setTimeout(() => controller.abort(), 30);
+            const pending = model.generate(SEED_PROMPT, { signal: controller.signal, onToken: () => controller.abort() });
             const err = await pending.catch((e: unknown) => e);
             expect(err).to.be.instanceOf(AbortError);
-            expect(Date.now() - started).to.be.lessThan(10_000);
-            const partial = await model.generate(SEED_PROMPT, { signal: AbortSignal.timeout(30), stopOnAbort: true });
+            const stopper = new AbortController();
+            let seen = 0;
+            const partial = await model.generate(SEED_PROMPT, { signal: stopper.signal, stopOnAbort: true, onToken: () => { if (++seen === 2) stopper.abort(); } });
             expect(partial.finishReason).to.equal("abort");
+            expect(partial.tokens.length).to.be.at.least(2);
             const next = await model.generate(SEED_PROMPT, { maxTokens: 4 });
             expect(next.tokens).to.have.length(4);
         });
@@ -255,12 +257,20 @@ describe("PhiModel", function () {
             concurrent.forEach((r, i) => expect(r.tokens, prompts[i]).to.deep.equal(sequential[i]!.tokens));
         });
 
-        it("keeps the event loop ticking while it generates", async function () {
-            let ticks = 0;
-            const timer = setInterval(() => ticks++, 1);
-            await model.generate(SEED_PROMPT, { maxTokens: 200 });
-            clearInterval(timer);
-            expect(ticks).to.be.greaterThan(5);
+        it("keeps the event loop running while it generates: an abort from the next event-loop turn stops it", async function () {
+            // A generation that only ends at its 2048-token context, stopped from a setImmediate callback: were the event
+            // loop blocked while it decodes, the callback would run after the end and the reason would be "context".
+            const long = await PhiModel.load({ modelPath, threads: 1, contextSize: 2048, sequences: 1 });
+            try {
+                const controller = new AbortController();
+                const running = long.generate(SEED_PROMPT, { signal: controller.signal, stopOnAbort: true });
+                setImmediate(() => controller.abort());
+                const r = await running;
+                expect(r.finishReason).to.equal("abort");
+                expect(r.tokens.length).to.be.below(2048 - 8);
+            } finally {
+                await long.dispose();
+            }
         });
 
         it("rejects bad options with TypeError / RangeError", async function () {
@@ -323,8 +333,10 @@ describe("PhiModel", function () {
     describe("dispose()", function () {
         it("is idempotent, ends in-flight work with DisposedError and refuses later calls", async function () {
             const m = await PhiModel.load({ modelPath, threads: 2, contextSize: 2048 });
-            const running = m.generate(SEED_PROMPT).catch((e: unknown) => e);
-            await new Promise((r) => setTimeout(r, 20));
+            let firstToken!: () => void;
+            const streaming = new Promise<void>((resolve) => { firstToken = resolve; });
+            const running = m.generate(SEED_PROMPT, { onToken: () => firstToken() }).catch((e: unknown) => e);
+            await streaming; // in flight (it runs to the 2048-token context unless disposed)
             await Promise.all([m.dispose(), m.dispose()]);
             expect(await running).to.be.instanceOf(DisposedError);
             expect(m.disposed).to.equal(true);

@@ -6,7 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { LLMPhiAgent, PhiAgentProps } from "../src/agent/index.js";
+import { LLMPhiAgent, PhiAgentProps, isPhiAgentEvent } from "../src/agent/index.js";
 import { AgentBuilder, GuildBuilder, type Guild, type GuildEvent, type ProbeClient } from "../src/guild/index.js";
 import {
     DEFAULT_TOPIC,
@@ -69,10 +69,10 @@ describe("LLMPhiAgent (tiny test model)", function () {
 
     describe("start()", () => {
         it("loads the model once, with its progress visible as events", () => {
-            const progress = events.filter((e): e is Extract<GuildEvent, { type: "model_load_progress" }> => e.type === "model_load_progress");
+            const progress = events.filter((e) => isPhiAgentEvent(e, "model_load_progress"));
             expect(progress.length).to.be.greaterThan(0);
-            expect(progress.at(-1)!.progress).to.equal(1);
-            const loaded = events.filter((e) => e.type === "model_loaded");
+            expect(progress.at(-1)!.data.progress).to.equal(1);
+            const loaded = events.filter((e) => isPhiAgentEvent(e, "model_loaded"));
             expect(loaded).to.have.length(1);
             expect(loaded[0]).to.deep.include({ agentId: "phi_agent", guildId: "phi_guild" });
             expect(model.info.architecture).to.equal("phi2");
@@ -150,7 +150,11 @@ describe("LLMPhiAgent (tiny test model)", function () {
             const replies = await Promise.all(sent.map((s) => watcher.waitForReply(s.message, 60000)));
             done = true;
             await sampler;
-            await new Promise((r) => setTimeout(r, 100)); // anything extra would show up now
+            // no handler is running any more, so no further reply can be made; a marker answered after that, on the
+            // same ordered topic, arrives after anything extra they published
+            while (agent.inflight > 0) await new Promise((r) => setImmediate(r));
+            const marker = client.publish(DEFAULT_TOPIC, { generation_prompt: 7 }, { format: GenerationPromptRequest.format });
+            await watcher.waitForReply(marker, 60000);
 
             const ids = new Set(sent.map((s) => s.message.id));
             const allReplies = watcher.messages.filter((m) => m.in_response_to !== null && ids.has(m.in_response_to!));
@@ -211,11 +215,15 @@ describe("LLMPhiAgent (tiny test model)", function () {
             await client.close();
         });
 
-        it("answers a request with a lone surrogate in the prompt with a ValidationError message", async () => {
+        it("answers a request with a lone surrogate or a NUL in the prompt with a ValidationError naming generation_prompt", async () => {
             const client = guild.client("surrogate_client");
-            const e = error(await client.request(DEFAULT_TOPIC, GenerationPromptRequest.create({ generation_prompt: "bad \ud800 text" }), { timeoutMs: 60000 }));
-            expect(e.error_type).to.equal("ValidationError");
-            expect(e.error_message).to.match(/lone UTF-16 surrogate/);
+            for (const [prompt, what] of [["bad \ud800 text", /"generation_prompt" contains a lone UTF-16 surrogate \(at index 4\)/], ["nul\u0000byte", /"generation_prompt" contains a NUL character at index 3/]] as const) {
+                const e = error(await client.request(DEFAULT_TOPIC, GenerationPromptRequest.create({ generation_prompt: prompt }), { timeoutMs: 60000 }));
+                expect(e.error_type).to.equal("ValidationError");
+                expect(e.code).to.equal("ERR_INVALID_ARGUMENT");
+                expect(e.error_message).to.match(what);
+                expect(e.error_message).to.not.match(/"text"/);
+            }
             await client.close();
         });
     });
@@ -242,7 +250,7 @@ describe("LLMPhiAgent (tiny test model)", function () {
             const seen: GuildEvent[] = [];
             const g = await new GuildBuilder("broken_guild").onEvent((e) => seen.push(e)).addAgentSpec(phiSpec(missing)).launch();
             try {
-                const failed = seen.find((e) => e.type === "model_load_failed");
+                const failed = seen.find((e) => isPhiAgentEvent(e, "model_load_failed"));
                 expect(failed, "model_load_failed event").to.not.equal(undefined);
                 const client = g.client("c");
                 for (let i = 0; i < 2; i++) {
@@ -300,7 +308,7 @@ describe("LLMPhiAgent (tiny test model)", function () {
             await g.shutdown();
             expect(m.disposed).to.equal(true);
             expect(a.model).to.equal(undefined);
-            expect(seen.map((e) => e.type)).to.include.members(["model_disposed", "agent_stopped"]);
+            expect(seen.map((e) => (e.type === "agent_event" ? e.name : e.type))).to.include.members(["model_disposed", "agent_stopped"]);
             expect(() => m.tokenize("x")).to.throw(PhiAgentError);
         });
     });

@@ -4,8 +4,29 @@
  * test/PhiModel.test.ts checks the error classes of a few of these; this file is the full catalogue.
  */
 import { expect } from "chai";
+import { execFile } from "node:child_process";
+import os from "node:os";
+import { promisify } from "node:util";
 import { ContextOverflowError, PhiAgentError, PhiModel } from "../src/index.js";
+import { OPTION_SCHEMAS, kvCacheBytes } from "../src/model/limits.js";
+import { readAndCheckPhi2 } from "../src/gguf/validate.js";
 import { tinyModel } from "./helpers/models.js";
+
+const INDEX = new URL("../src/index.js", import.meta.url).href;
+
+/** Loads with `options` in a fresh node (so an abort in llama.cpp fails this test instead of killing mocha). */
+async function loadInChild(modelPath: string, options: Record<string, unknown>, concurrent = 0): Promise<{ code: number | null; signal: string | null; out: string }> {
+    const script = `import(${JSON.stringify(INDEX)}).then(async ({ PhiModel }) => {
+        try {
+            const m = await PhiModel.load({ modelPath: ${JSON.stringify(modelPath)}, threads: 1, ...${JSON.stringify(options)} });
+            const rs = await Promise.all(Array.from({ length: ${concurrent} }, (_, i) => m.generate("Hi " + i, { maxTokens: 2 })));
+            console.log("LOADED", m.info.runtime.kvCacheSize, rs.filter((r) => r.tokens.length === 2).length);
+            await m.dispose();
+        } catch (e) { console.log("REJECTED", e.name, e.code, e.message); }
+    })`;
+    return promisify(execFile)(process.execPath, ["--input-type=module", "-e", script], { timeout: 120000 })
+        .then((r) => ({ code: 0, signal: null, out: r.stdout.trim() }), (e: { code: number | null; signal: string | null; stdout: string }) => ({ code: e.code, signal: e.signal, out: String(e.stdout).trim() }));
+}
 
 type ErrorClass = typeof TypeError | typeof RangeError | typeof ContextOverflowError;
 
@@ -96,11 +117,10 @@ describe("bad arguments", function () {
     describe("load() options", function () {
         for (const contextSize of [0, -1, NaN, 1e9, 1.5]) {
             it(`contextSize ${contextSize}: RangeError naming "contextSize", before anything is loaded`, async function () {
-                const started = Date.now();
-                const err = await rejection(() => PhiModel.load({ modelPath, contextSize }));
+                // the file does not exist: had anything been read or loaded first, the error would be ERR_MODEL_NOT_FOUND
+                const err = await rejection(() => PhiModel.load({ modelPath: `${modelPath}.missing`, contextSize }));
                 expectTyped(err, RangeError, /"contextSize"/, "load");
                 expect((err as Error).message).to.include(String(contextSize));
-                expect(Date.now() - started).to.be.lessThan(1000);
             });
         }
         it(`contextSize "512": TypeError`, async function () {
@@ -116,7 +136,10 @@ describe("bad arguments", function () {
                 [{ mmap: "yes" }, TypeError, /"mmap"/],
                 [{ threadpool: 1 }, TypeError, /"threadpool"/],
                 [{ flashAttention: true }, TypeError, /"flashAttention"/],
-                [{ kvCacheSize: 8, contextSize: 64 }, RangeError, /"kvCacheSize"/],
+                [{ kvCacheSize: 32, contextSize: 64 }, RangeError, /"kvCacheSize"/],
+                [{ contextSize: 64, sequences: 65 }, RangeError, /"sequences" \(65\) cannot exceed "contextSize" \(64\)/],
+                [{ contextSize: 64, kvCacheSize: 100, sequences: 101 }, RangeError, /"sequences" \(101\) cannot exceed "kvCacheSize" \(100\)/],
+                [{ sequences: 16, batchSize: 8 }, RangeError, /"sequences" \(16\) cannot exceed "batchSize" \(8\)/],
                 [{ modelPath: "" }, TypeError, /"modelPath"/],
                 [{ contextsize: 64 }, TypeError, /"contextsize"/],
             ];
@@ -124,6 +147,86 @@ describe("bad arguments", function () {
                 expectTyped(await rejection(() => PhiModel.load({ modelPath, ...options } as never)), type, names, JSON.stringify(options));
             }
             expectTyped(await rejection(() => PhiModel.load(undefined as never)), TypeError, /options object/, "no options");
+        });
+    });
+
+    describe("sequences against the KV cache (llama.cpp aborts on more sequences than min(KV cells, batchSize))", function () {
+        this.timeout(240000);
+        it("contextSize 64 with 65 sequences, and 16 with 17: a RangeError naming sequences, the process lives", async function () {
+            for (const options of [{ contextSize: 64, sequences: 65 }, { contextSize: 16, sequences: 17 }]) {
+                const r = await loadInChild(modelPath, options);
+                expect(r.signal, JSON.stringify(options)).to.equal(null);
+                expect(r.code, JSON.stringify(options)).to.equal(0);
+                expect(r.out, JSON.stringify(options)).to.match(/^REJECTED RangeError ERR_INVALID_ARGUMENT "sequences"/);
+            }
+        });
+        it("the bound is exact: 16 cells hold 16 sequences, 17 cells 17 (all decoding at once)", async function () {
+            for (const [options, n] of [[{ contextSize: 16, sequences: 16 }, 16], [{ contextSize: 16, kvCacheSize: 17, sequences: 17 }, 17]] as const) {
+                const r = await loadInChild(modelPath, options, n);
+                expect(r.out, JSON.stringify(options)).to.equal(`LOADED ${options.sequences === 17 ? 17 : 16} ${n}`);
+            }
+        });
+    });
+
+    describe("threads", function () {
+        it("more threads than logical CPUs is a RangeError naming the option and the CPU count", async function () {
+            const cpus = os.availableParallelism();
+            for (const name of ["threads", "batchThreads"]) {
+                const err = await rejection(() => PhiModel.load({ modelPath, contextSize: 32, [name]: cpus + 1 }));
+                expectTyped(err, RangeError, new RegExp(`"${name}" is ${cpus + 1}, but this machine has ${cpus} logical CPU`), name);
+                expect((err as { code?: string }).code).to.equal("ERR_INVALID_ARGUMENT");
+            }
+            const ok = await PhiModel.load({ modelPath, contextSize: 32, sequences: 1, threads: cpus });
+            expect(ok.info.runtime.threads).to.equal(cpus);
+            await ok.dispose();
+        });
+    });
+
+    describe("a KV cache larger than the memory", function () {
+        it("the estimate is llama.cpp's own KV buffer size (its log, for 100 and 1000 cells)", async function () {
+            this.timeout(120000);
+            const { hparams } = await readAndCheckPhi2(modelPath);
+            for (const cells of [100, 1000]) {
+                const script = `import(${JSON.stringify(INDEX)}).then(async ({ PhiModel }) => {
+                    const m = await PhiModel.load({ modelPath: ${JSON.stringify(modelPath)}, threads: 1, sequences: 1, contextSize: ${cells} }); await m.dispose(); })`;
+                const { stderr } = await promisify(execFile)(process.execPath, ["--input-type=module", "-e", script],
+                    { timeout: 60000, env: { ...process.env, PHI_AGENT_LLAMA_LOG: "info" } });
+                const logged = /KV buffer size =\s*([\d.]+) MiB/.exec(stderr);
+                expect(logged, stderr.slice(-2000)).to.not.equal(null);
+                expect(Number(logged![1])).to.equal(kvCacheBytes(hparams, cells) / 2 ** 20);
+            }
+        });
+
+        it("is refused before llama.cpp allocates, naming kvCacheSize and the bytes it needs", async function () {
+            const { hparams } = await readAndCheckPhi2(modelPath);
+            const cells = OPTION_SCHEMAS.kvCacheSize.maximum!;
+            const bytes = kvCacheBytes(hparams, cells);
+            if (bytes <= os.totalmem()) this.skip(); // this machine could hold it
+            const err = await rejection(() => PhiModel.load({ modelPath, contextSize: 64, kvCacheSize: cells }));
+            expectTyped(err, RangeError, /"kvCacheSize" is \d+: its KV cache would need [\d.]+ GiB .*more than all of this machine's RAM/, "kvCacheSize");
+            expect((err as Error).message).to.not.match(/training context/);
+            expect((err as { code?: string }).code).to.equal("ERR_INVALID_ARGUMENT");
+        });
+    });
+
+    describe("tokenize() / detokenize() options (one checker for both)", function () {
+        it("null, a non-object, a non-boolean special or an unknown key: TypeError naming it", async function () {
+            const ids = model.tokenize("hi");
+            for (const [call, message] of [
+                [() => model.tokenize("hi", null as never), /tokenize\(\) options must be an object/],
+                [() => model.detokenize(ids, null as never), /detokenize\(\) options must be an object/],
+                [() => model.tokenize("hi", "special" as never), /tokenize\(\) options must be an object/],
+                [() => model.tokenize("hi", { special: "yes" } as never), /"special"/],
+                [() => model.detokenize(ids, { special: "yes" } as never), /"special"/],
+                [() => model.detokenize(ids, { specail: true } as never), /Unknown detokenize\(\) option "specail"/],
+                [() => model.tokenize("hi", { specail: true } as never), /Unknown tokenize\(\) option "specail"/],
+            ] as const) {
+                const err = await rejection(call);
+                expectTyped(err, TypeError, message, String(message));
+                expect((err as { code?: string }).code).to.equal("ERR_INVALID_ARGUMENT");
+            }
+            expect(model.detokenize(ids, { special: true })).to.equal("hi");
+            expect(model.tokenize("hi", undefined)).to.deep.equal(ids);
         });
     });
 
@@ -189,16 +292,18 @@ describe("bad arguments", function () {
             expect(model.disposed).to.equal(false);
         });
 
-        it("every error above is either a built-in argument error or carries a stable code", async function () {
+        it("every error above is a PhiAgentError with a stable code; argument errors are ERR_INVALID_ARGUMENT", async function () {
             const errors = [
                 await rejection(() => model.generate("x", { temperature: -1 })),
                 await rejection(() => model.generate("x".repeat(0))),
                 await rejection(() => model.detokenize([-1])),
+                await rejection(() => model.tokenize(42 as never)),
+                await rejection(() => PhiModel.load({ modelPath, contextSize: 0 })),
                 await rejection(() => model.generate("one ".repeat(200))),
             ];
-            for (const e of errors) {
-                const ok = e instanceof TypeError || e instanceof RangeError || (e instanceof PhiAgentError && typeof e.code === "string");
-                expect(ok, String(e)).to.equal(true);
+            for (const [i, e] of errors.entries()) {
+                expect(e, String(e)).to.be.instanceOf(PhiAgentError);
+                expect((e as PhiAgentError).code, String(e)).to.equal(i < errors.length - 1 ? "ERR_INVALID_ARGUMENT" : "ERR_CONTEXT_OVERFLOW");
             }
         });
     });

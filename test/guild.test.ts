@@ -1,6 +1,10 @@
 // Model-free: guild runtime with stub agents, builders, clients, backends, and PhiAgentProps validation.
 // (LLMPhiAgent is imported for its props only; no model is loaded here.)
 import { expect } from "chai";
+import { EventEmitter, once } from "node:events";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { Type } from "@sinclair/typebox";
 import {
     Agent,
@@ -9,6 +13,7 @@ import {
     GuildTimeoutError,
     InMemoryMessagingBackend,
     agentSpecToJSON,
+    formatGuildEvent,
     type AgentSpec,
     type Guild,
     type GuildEvent,
@@ -30,18 +35,37 @@ import { PhiAgentError } from "../src/errors.js";
 const Echo = defineMessageFormat("tests.formats.Echo", Type.Object({ text: Type.String(), delayMs: Type.Optional(Type.Integer({ minimum: 0 })) }));
 const Echoed = defineMessageFormat("tests.formats.Echoed", Type.Object({ text: Type.String(), by: Type.String() }));
 const Boom = defineMessageFormat("tests.formats.Boom", Type.Object({}));
+/** Handled only once `count` Gate requests are in flight together: serial handlers would never get there. */
+const Gate = defineMessageFormat("tests.formats.Gate", Type.Object({ text: Type.String(), count: Type.Integer({ minimum: 1 }) }));
+const Announce = defineMessageFormat("tests.formats.Announce", Type.Object({ name: Type.String() }));
 
 interface EchoProps { prefix: string }
 
 /** Echoes Echo payloads (after delayMs), throws on Boom; counts what it saw. */
 class EchoAgent extends Agent<EchoProps> {
     static log: string[] = [];
+    /** "delaying" is emitted when a handler starts waiting its delayMs. */
+    static readonly events = new EventEmitter();
     maxInflight = 0;
+    #gated = 0;
+    #openGate?: () => void;
+    readonly #gate = new Promise<void>((resolve) => { this.#openGate = resolve; });
     constructor(spec: AgentSpec<EchoProps>) {
         super(spec);
+        this.handle(Gate, async (ctx) => {
+            this.maxInflight = Math.max(this.maxInflight, this.inflight);
+            if (++this.#gated === ctx.payload.count) this.#openGate!();
+            await this.#gate;
+            ctx.send(Echoed.create({ text: `${this.props.prefix}${ctx.payload.text}`, by: this.id }));
+        });
+        this.handle(Announce, (ctx) => {
+            this.emitAgentEvent("announced", { name: ctx.payload.name }, { text: `announced ${ctx.payload.name}` });
+            ctx.send(Echoed.create({ text: ctx.payload.name, by: this.id }));
+        });
         this.handle(Echo, async (ctx) => {
             this.maxInflight = Math.max(this.maxInflight, this.inflight);
             if (ctx.payload.delayMs) {
+                EchoAgent.events.emit("delaying", ctx.payload.text);
                 await new Promise<void>((resolve) => {
                     const t = setTimeout(resolve, ctx.payload.delayMs);
                     ctx.signal.addEventListener("abort", () => { clearTimeout(t); resolve(); }, { once: true });
@@ -147,6 +171,33 @@ describe("guild runtime (model-free)", function () {
                 .to.throw(TypeError, /gpuLayers must be an integer >= 0 or "all"/);
         });
 
+        it("maxLength's default follows a smaller contextSize, so a spec builds (and the error, if any, comes at construction)", () => {
+            const props = new PhiAgentProps({ modelPath: "m.gguf", contextSize: 100 });
+            expect(props.maxLength).to.equal(100);
+            const spec = builder().setProperties(props).buildSpec();
+            expect(spec.properties.maxLength).to.equal(100);
+            expect(new PhiAgentProps({ modelPath: "m.gguf" }).maxLength).to.equal(200);
+            expect(() => new PhiAgentProps({ modelPath: "m.gguf", maxLength: 3000 })).to.throw(RangeError, /maxLength \(3000\) exceeds contextSize \(2048\)/);
+            expect(() => new PhiAgentProps({ modelPath: "m.gguf", contextSize: 100, maxLength: 101 })).to.throw(RangeError, /maxLength \(101\) exceeds contextSize \(100\)/);
+        });
+
+        it("refuses at construction what would abort llama.cpp at launch(): more sequences than contextSize", () => {
+            for (const init of [{ contextSize: 16, sequences: 17, maxLength: 10 }, { contextSize: 64, sequences: 65 }]) {
+                let error: unknown;
+                try { new PhiAgentProps({ modelPath: "m.gguf", ...init }); } catch (err) { error = err; }
+                expect(error, JSON.stringify(init)).to.be.instanceOf(RangeError);
+                expect((error as Error).message).to.match(/sequences \(\d+\) exceeds contextSize \(\d+\)/);
+                expect((error as { code?: string }).code).to.equal("ERR_INVALID_ARGUMENT");
+            }
+            expect(new PhiAgentProps({ modelPath: "m.gguf", contextSize: 16, sequences: 16 }).sequences).to.equal(16);
+        });
+
+        it("refuses more threads than logical CPUs", () => {
+            const cpus = os.availableParallelism();
+            expect(() => new PhiAgentProps({ modelPath: "m.gguf", threads: cpus + 1 })).to.throw(RangeError, new RegExp(`threads \\(${cpus + 1}\\) exceeds the ${cpus} logical CPUs`));
+            expect(new PhiAgentProps({ modelPath: "m.gguf", threads: cpus }).threads).to.equal(cpus);
+        });
+
         it("PhiAgentProps is frozen: a value cannot be changed after validation", () => {
             const props = new PhiAgentProps({ modelPath: "m.gguf" });
             expect(() => { (props as { contextSize: number }).contextSize = -1; }).to.throw(TypeError);
@@ -213,10 +264,9 @@ describe("guild runtime (model-free)", function () {
             guild = await new GuildBuilder("g5").addAgentSpec(echoSpec()).launch();
             const probe = await guild.probe();
             const client = guild.client("c");
-            const sent = Array.from({ length: 10 }, (_, i) => client.publish(DEFAULT_TOPIC, Echo.create({ text: String(i), delayMs: 100 })));
-            const started = Date.now();
-            await Promise.all(sent.map((s) => probe.waitForReply(s, 5000)));
-            expect(Date.now() - started).to.be.below(900); // 10 x 100 ms one after another would take 1 s
+            // each handler waits until all 10 are in flight: handlers run one after another would never reply
+            const sent = Array.from({ length: 10 }, (_, i) => client.publish(DEFAULT_TOPIC, Gate.create({ text: String(i), count: 10 })));
+            await Promise.all(sent.map((s) => probe.waitForReply(s, 8000)));
             expect(guild.agent<EchoAgent>("echo")!.maxInflight).to.equal(10);
             for (const s of sent) expect(probe.repliesTo(s)).to.have.length(1);
         });
@@ -230,6 +280,8 @@ describe("guild runtime (model-free)", function () {
             const client = guild.client("c");
             const ignored = client.publish(DEFAULT_TOPIC, Echo.create({ text: "nobody listens" }));
             const sent = client.publish("side", Echo.create({ text: "side" }));
+            // `ignored` was published first: had the agent taken it, its reply would have been published (and, the
+            // backend delivering in publish order, received) before this one
             const reply = await sideProbe.waitForReply(sent, 2000);
             expect(reply.topic_published_to).to.equal("side");
             expect(defaultProbe.repliesTo(ignored)).to.deep.equal([]);
@@ -288,18 +340,42 @@ describe("guild runtime (model-free)", function () {
         });
     });
 
+    describe("events", () => {
+        it("an agent's own events reach the guild's listeners as agent_event, with the agent's name, data and text", async () => {
+            const events: GuildEvent[] = [];
+            guild = await new GuildBuilder("g15").onEvent((e) => events.push(e)).addAgentSpec(echoSpec()).launch();
+            await guild.client("c").request(DEFAULT_TOPIC, Announce.create({ name: "warm" }), { timeoutMs: 2000 });
+            const mine = events.filter((e) => e.type === "agent_event");
+            expect(mine).to.have.length(1);
+            expect(mine[0]).to.deep.include({ type: "agent_event", agentId: "echo", guildId: "g15", name: "announced", data: { name: "warm" } });
+            expect(formatGuildEvent(mine[0]!)).to.equal("[echo] announced warm");
+        });
+
+        it("the generic guild does not know the model: src/guild imports nothing from src/model and names no model_* event", () => {
+            const dir = path.join(process.cwd(), "src", "guild");
+            for (const file of fs.readdirSync(dir).filter((f) => f.endsWith(".ts"))) {
+                const text = fs.readFileSync(path.join(dir, file), "utf8");
+                expect(text, file).to.not.match(/from\s+"\.\.\/(model|agent|native)\//);
+                expect(text, file).to.not.match(/model_(load|loaded|disposed)|ModelInfo/);
+            }
+        });
+    });
+
     describe("Guild.shutdown", () => {
         it("cancels in-flight requests, which are still answered, stops agents, and refuses later use", async () => {
             EchoAgent.log = [];
             guild = await new GuildBuilder("g12").addAgentSpec(echoSpec()).launch();
             const probe = await guild.probe();
             const client = guild.client("c");
+            const delaying = new Set<string>();
+            const bothDelaying = new Promise<void>((resolve) => {
+                const on = (text: string) => { delaying.add(text); if (delaying.size === 2) { EchoAgent.events.off("delaying", on); resolve(); } };
+                EchoAgent.events.on("delaying", on);
+            });
             const slow = client.publish(DEFAULT_TOPIC, Echo.create({ text: "slow", delayMs: 60000 }));
             const pending = client.request(DEFAULT_TOPIC, Echo.create({ text: "never", delayMs: 60000 }), { timeoutMs: 60000 });
-            await new Promise((r) => setTimeout(r, 20));
-            const started = Date.now();
-            await guild.shutdown();
-            expect(Date.now() - started).to.be.below(2000);
+            await bothDelaying; // both handlers are waiting out their minute
+            await guild.shutdown(); // (the suite's 10 s timeout fails this if shutdown waits for the delays)
             expect(EchoAgent.log).to.deep.equal(["start:echo", "stop:echo"]);
             const replies = probe.messages.filter((m) => m.in_response_to === slow.id);
             expect(replies).to.have.length(1);
@@ -355,8 +431,13 @@ describe("guild runtime (model-free)", function () {
         it("a GenerationPromptRequest is ignored by an agent that does not handle it", async () => {
             guild = await new GuildBuilder("g14").addAgentSpec(echoSpec()).launch();
             const probe = await guild.probe();
-            const sent = guild.client("c").publish(DEFAULT_TOPIC, GenerationPromptRequest.create({ generation_prompt: "x" }));
-            await new Promise((r) => setTimeout(r, 50));
+            const client = guild.client("c");
+            const sent = client.publish(DEFAULT_TOPIC, GenerationPromptRequest.create({ generation_prompt: "x" }));
+            // a marker the agent does answer, sent after it on the same ordered topic: a reply to `sent` would come first
+            const marker = client.publish(DEFAULT_TOPIC, Echo.create({ text: "marker" }));
+            const markerReply = await probe.waitForReply(marker, 2000);
+            const before = probe.messages.slice(0, probe.messages.findIndex((m) => m.id === markerReply.id));
+            expect(before.filter((m) => m.in_response_to === sent.id)).to.deep.equal([]);
             expect(probe.repliesTo(sent)).to.deep.equal([]);
         });
     });

@@ -8,12 +8,30 @@
  * GenerationPromptResponse, or an ErrorMessage (invalid payload, empty prompt, prompt longer than
  * the context, generation failure, model not loaded). The agent keeps serving afterwards.
  */
-import { ContextOverflowError } from "../errors.js";
+import { ContextOverflowError, InvalidStateError, isArgumentError } from "../errors.js";
 import { Agent, type AgentSpec, type ProcessContext } from "../guild/agent.js";
+import type { AgentEvent, GuildEvent } from "../guild/events.js";
 import { ErrorMessage, GenerationPromptRequest, GenerationPromptResponse } from "../messages/formats.js";
 import { PhiModel } from "../model/PhiModel.js";
-import type { GenerateOptions, LoadOptions } from "../model/types.js";
+import { checkText } from "../model/options.js";
+import type { GenerateOptions, LoadOptions, ModelInfo } from "../model/types.js";
 import { PhiAgentProps } from "./PhiAgentProps.js";
+
+/** The `data` of LLMPhiAgent's agent events (GuildEvent `type: "agent_event"`), by `name`. */
+export interface PhiAgentEventData {
+    /** Model load progress, 0..1. */
+    model_load_progress: { progress: number };
+    model_loaded: { info: ModelInfo; loadMs: number };
+    /** The model could not be loaded (the event's `error` says why); requests are answered with a ModelLoadError. */
+    model_load_failed: { error: Error };
+    model_disposed: Record<string, never>;
+}
+export type PhiAgentEventName = keyof PhiAgentEventData;
+
+/** Whether `event` is LLMPhiAgent's agent event `name`; narrows its `data`. */
+export function isPhiAgentEvent<N extends PhiAgentEventName>(event: GuildEvent, name: N): event is AgentEvent & { name: N; data: PhiAgentEventData[N] } {
+    return event.type === "agent_event" && event.name === name;
+}
 
 export class LLMPhiAgent extends Agent<PhiAgentProps> {
     /** Validates the properties in AgentBuilder.buildSpec(). */
@@ -49,7 +67,7 @@ export class LLMPhiAgent extends Agent<PhiAgentProps> {
     async ready(): Promise<PhiModel> {
         if (this.#model) return this.#model;
         if (this.#loadError) throw this.#loadError;
-        if (!this.#loading) throw new Error(`LLMPhiAgent "${this.id}" has not been started; launch its guild first`);
+        if (!this.#loading) throw new InvalidStateError(`LLMPhiAgent "${this.id}" has not been started; launch its guild first`);
         return this.#loading;
     }
 
@@ -64,17 +82,20 @@ export class LLMPhiAgent extends Agent<PhiAgentProps> {
         this.log("info", `loading model ${props.modelPath} (device ${props.device}, context ${props.contextSize})`);
         const options = props.toLoadOptions({
             signal: this.stopSignal,
-            onProgress: (progress) => this.emitEvent({ type: "model_load_progress", agentId: this.id, progress }),
+            onProgress: (progress) => this.#emit("model_load_progress", { progress }, `loading model: ${Math.round(progress * 100)}%`),
         });
         this.#loading = (async () => this.loadModel(options))();
         try {
             const model = await this.#loading;
             this.#model = model;
-            this.emitEvent({ type: "model_loaded", agentId: this.id, info: model.info, loadMs: Date.now() - started });
+            const loadMs = Date.now() - started;
+            const { info } = model;
+            this.#emit("model_loaded", { info, loadMs }, `model loaded in ${loadMs} ms: ${info.name || info.architecture} ` +
+                `(${info.quantization}) on ${info.runtime.device}, context ${info.runtime.contextSize}`);
         } catch (err) {
             // Not fatal to the guild: each request is answered with an ErrorMessage saying why.
             this.#loadError = err instanceof Error ? err : new Error(String(err));
-            this.emitEvent({ type: "model_load_failed", agentId: this.id, error: this.#loadError });
+            this.#emit("model_load_failed", { error: this.#loadError }, `model failed to load: ${this.#loadError.message}`, this.#loadError);
         }
     }
 
@@ -83,8 +104,12 @@ export class LLMPhiAgent extends Agent<PhiAgentProps> {
         this.#model = undefined;
         if (model) {
             await model.dispose();
-            this.emitEvent({ type: "model_disposed", agentId: this.id });
+            this.#emit("model_disposed", {}, "model disposed");
         }
+    }
+
+    #emit<N extends PhiAgentEventName>(name: N, data: PhiAgentEventData[N], text: string, error?: Error): void {
+        this.emitAgentEvent(name, data, error ? { text, error } : { text });
     }
 
     async #generate(ctx: ProcessContext<GenerationPromptRequest>): Promise<void> {
@@ -92,6 +117,12 @@ export class LLMPhiAgent extends Agent<PhiAgentProps> {
         const prompt = request.generation_prompt;
         if (prompt.length === 0) {
             ctx.sendError(this.#invalid("generation_prompt must not be empty; send the text the model should continue"));
+            return;
+        }
+        try {
+            checkText("generation_prompt", prompt, { allowEmpty: false }); // a NUL or lone surrogate, named as the request's field
+        } catch (err) {
+            ctx.sendError(this.#invalid((err as Error).message));
             return;
         }
         const model = this.#model;
@@ -152,10 +183,8 @@ export class LLMPhiAgent extends Agent<PhiAgentProps> {
                 details: { prompt_tokens: err.promptTokens, context_size: err.contextSize },
             });
         }
-        // argument checks of PhiModel (e.g. a lone surrogate or a NUL in the prompt) are the request's fault
-        if ((err instanceof TypeError || err instanceof RangeError) && (err as { code?: unknown }).code === undefined) {
-            return this.#invalid(err.message);
-        }
+        // argument checks of PhiModel (ERR_INVALID_ARGUMENT) are the request's fault
+        if (isArgumentError(err)) return this.#invalid(err.message);
         const e = err instanceof Error ? err : new Error(String(err));
         const code = (e as { code?: unknown }).code;
         const payload: ErrorMessage = {

@@ -9,12 +9,18 @@ import fs from "node:fs";
 import { Type, type Static } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
 import type { DeviceSpec, LoadOptions } from "../model/types.js";
+import { DEVICE_PATTERN, DEVICE_VALUES, normalizeDevice as normalizeDeviceName } from "../model/devices.js";
+import { MAX_STOP_STRINGS, optionSchema, sequencesProblem, threadLimit } from "../model/limits.js";
+import { LOAD_DEFAULTS } from "../model/options.js";
 import { fieldErrors, invalid, type FieldError } from "../messages/validation.js";
 
-const DEVICE_VALUES = "\"auto\", \"cpu\", \"cuda\", \"cuda:N\", \"vulkan\", \"vulkan:N\", \"metal\" or \"mps\"";
+/** The agent's default contextSize: Phi-2's training context. */
+const DEFAULT_CONTEXT_SIZE = 2048;
+/** The seed's max_length (prompt + generated tokens), when contextSize leaves room for it. */
+const DEFAULT_MAX_LENGTH = 200;
 
 const DeviceSchema = Type.String({
-    pattern: "^(?:auto|cpu|metal|mps|(?:cuda|vulkan)(?::[0-9]{1,3})?)$",
+    pattern: DEVICE_PATTERN,
     errorMessage: DEVICE_VALUES,
     description: "Where to run: \"auto\" (a usable GPU, else the CPU), \"cpu\", \"cuda\", \"cuda:N\", \"vulkan\", \"vulkan:N\", \"metal\" (\"mps\" is accepted as Metal).",
 });
@@ -25,25 +31,25 @@ export const PhiAgentPropsSchema = Type.Object({
     model_id: Type.Optional(Type.String({ minLength: 1, description: "The seed's name for the model; accepted when it is a path to a GGUF file." })),
     device: Type.Optional(DeviceSchema),
     torch_device: Type.Optional(DeviceSchema),
-    gpuLayers: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 100_000 }), Type.Literal("all")], {
+    gpuLayers: Type.Optional(Type.Union([optionSchema("gpuLayers"), Type.Literal("all")], {
         errorMessage: "an integer >= 0 or \"all\"",
         description: "Layers offloaded to the GPU; default all on a GPU, 0 on the CPU.",
     })),
-    contextSize: Type.Optional(Type.Integer({ minimum: 16, maximum: 1 << 20, description: "Max tokens per request, prompt + generated (default 2048, Phi-2's limit)." })),
-    threads: Type.Optional(Type.Integer({ minimum: 1, maximum: 1024, description: "CPU threads for decoding." })),
+    contextSize: Type.Optional(optionSchema("contextSize", `Max tokens per request, prompt + generated (default ${DEFAULT_CONTEXT_SIZE}, Phi-2's limit).`)),
+    threads: Type.Optional(optionSchema("threads", "CPU threads for decoding (at most the logical CPUs).")),
     flashAttention: Type.Optional(Type.Union([Type.Literal("auto"), Type.Literal("on"), Type.Literal("off")], {
         errorMessage: "\"auto\", \"on\" or \"off\"",
         description: "llama.cpp's flash attention (default auto); on the CPU \"off\" decodes long sequences faster.",
     })),
-    sequences: Type.Optional(Type.Integer({ minimum: 1, maximum: 256, description: "Requests decoded together (default 8); more wait their turn." })),
-    maxLength: Type.Optional(Type.Integer({ minimum: 1, maximum: 1 << 20, description: "Max tokens of prompt + generated text per request (default 200, the seed's max_length)." })),
-    maxNewTokens: Type.Optional(Type.Integer({ minimum: 1, maximum: 1 << 24, description: "Max generated tokens per request; overrides maxLength when set." })),
-    temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 100, description: "0 (default) = greedy, as the seed." })),
-    topK: Type.Optional(Type.Integer({ minimum: 0, maximum: 1 << 20 })),
-    topP: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1 })),
-    repeatPenalty: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 100 })),
-    seed: Type.Optional(Type.Integer({ minimum: 0, maximum: 0xfffffffe })),
-    stop: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 16, description: "Default stop strings." })),
+    sequences: Type.Optional(optionSchema("sequences", `Requests decoded together (default ${LOAD_DEFAULTS.sequences}); more wait their turn. At most contextSize.`)),
+    maxLength: Type.Optional(optionSchema("maxTokens", `Max tokens of prompt + generated text per request (default ${DEFAULT_MAX_LENGTH}, the seed's max_length, or contextSize when smaller).`)),
+    maxNewTokens: Type.Optional(optionSchema("maxTokens", "Max generated tokens per request; overrides maxLength when set.")),
+    temperature: Type.Optional(optionSchema("temperature", "0 (default) = greedy, as the seed.")),
+    topK: Type.Optional(optionSchema("topK")),
+    topP: Type.Optional(optionSchema("topP")),
+    repeatPenalty: Type.Optional(optionSchema("repeatPenalty")),
+    seed: Type.Optional(optionSchema("seed")),
+    stop: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: MAX_STOP_STRINGS, description: "Default stop strings." })),
     includePrompt: Type.Optional(Type.Boolean({ description: "Whether generated_response begins with the prompt (default true, as the seed)." })),
 }, { additionalProperties: false });
 
@@ -66,8 +72,7 @@ function squash(name: string): string {
 }
 
 function normalizeDevice(value: string): DeviceSpec {
-    const v = value.trim().toLowerCase();
-    return (v === "mps" ? "metal" : v) as DeviceSpec;
+    return normalizeDeviceName(value) as DeviceSpec;
 }
 
 function fail(errors: FieldError[], hint?: string): never {
@@ -140,9 +145,18 @@ export class PhiAgentProps {
         }
         const device = normalizeDevice(o.device ?? o.torch_device ?? "auto");
 
-        const contextSize = o.contextSize ?? 2048;
-        if (o.maxLength !== undefined && o.contextSize !== undefined && o.maxLength > o.contextSize) {
-            fail([{ path: "maxLength", kind: "range", message: `(${o.maxLength}) exceeds contextSize (${o.contextSize}): a request cannot hold more tokens than the context; lower maxLength or raise contextSize` }]);
+        const contextSize = o.contextSize ?? DEFAULT_CONTEXT_SIZE;
+        if (o.maxLength !== undefined && o.maxLength > contextSize) {
+            fail([{ path: "maxLength", kind: "range", message: `(${o.maxLength}) exceeds contextSize (${contextSize}): a request cannot hold more tokens than the context; lower maxLength or raise contextSize` }]);
+        }
+        // llama.cpp aborts the process on more sequences than KV cells (limits.ts sequencesProblem); the agent's KV
+        // cache is contextSize cells
+        const sequences = o.sequences ?? LOAD_DEFAULTS.sequences;
+        if (sequencesProblem(sequences, contextSize, LOAD_DEFAULTS.batchSize) !== undefined) {
+            fail([{ path: "sequences", kind: "range", message: `(${sequences}${o.sequences === undefined ? ", the default" : ""}) exceeds contextSize (${contextSize}): every request decoded at once needs KV room; lower sequences or raise contextSize` }]);
+        }
+        if (o.threads !== undefined && o.threads > threadLimit()) {
+            fail([{ path: "threads", kind: "range", message: `(${o.threads}) exceeds the ${threadLimit()} logical CPUs of this machine: more threads than CPUs make generation many times slower (README "Threads")` }]);
         }
         if (o.maxNewTokens !== undefined && o.maxNewTokens >= contextSize) {
             fail([{ path: "maxNewTokens", kind: "range", message: `(${o.maxNewTokens}) must be below contextSize (${contextSize}), which also holds the prompt` }]);
@@ -155,7 +169,7 @@ export class PhiAgentProps {
         if (o.threads !== undefined) this.threads = o.threads;
         if (o.flashAttention !== undefined) this.flashAttention = o.flashAttention;
         if (o.sequences !== undefined) this.sequences = o.sequences;
-        this.maxLength = o.maxLength ?? 200;
+        this.maxLength = o.maxLength ?? Math.min(DEFAULT_MAX_LENGTH, contextSize);
         if (o.maxNewTokens !== undefined) this.maxNewTokens = o.maxNewTokens;
         this.temperature = o.temperature ?? 0;
         if (o.topK !== undefined) this.topK = o.topK;

@@ -1,2 +1,2 @@
-export { LLMPhiAgent } from "./LLMPhiAgent.js";
+export { LLMPhiAgent, isPhiAgentEvent, type PhiAgentEventData, type PhiAgentEventName } from "./LLMPhiAgent.js";
 export { PhiAgentProps, PhiAgentPropsSchema, type PhiAgentPropsInit } from "./PhiAgentProps.js";

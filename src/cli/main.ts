@@ -15,7 +15,7 @@ import { pathToFileURL } from "node:url";
 import { OutputPathError } from "../errors.js";
 import { PhiModel } from "../model/PhiModel.js";
 import { listDevices } from "../model/devices.js";
-import { quantizeModel, QUANT_TYPES, type QuantType } from "../model/quantize.js";
+import { isQuantType, quantizeModel, QUANT_TYPES } from "../model/quantize.js";
 import { inspectGGUF } from "../gguf/validate.js";
 import { packageRoot } from "../native/binding.js";
 import { makeTestModel, TEST_MODEL_SHAPES, TEST_MODEL_TYPES } from "../testModel/makeTestModel.js";
@@ -171,9 +171,9 @@ async function quantize(argv: string[]): Promise<void> {
         force: { type: "boolean" }, json: { type: "boolean" },
     });
     if (!values.out) throw new UsageError("--out FILE is required");
-    if (!values.type || !(values.type in QUANT_TYPES)) throw new UsageError(`--type must be one of ${Object.keys(QUANT_TYPES).join(", ")}`);
+    if (!isQuantType(values.type)) throw new UsageError(`--type must be one of ${Object.keys(QUANT_TYPES).join(", ")}`);
     const started = Date.now();
-    await quantizeModel(modelPath(values.model), values.out, { type: values.type as QuantType, threads: int("threads", values.threads), overwrite: values.force === true })
+    await quantizeModel(modelPath(values.model), values.out, { type: values.type, threads: int("threads", values.threads), overwrite: values.force === true })
         .catch((err: unknown) => withForceHint(err, values.out!));
     const result = { out: values.out, type: values.type, seconds: (Date.now() - started) / 1000 };
     out(values.json ? JSON.stringify(result) + "\n" : `wrote ${values.out} (${values.type}) in ${result.seconds.toFixed(1)} s\n`);

@@ -178,15 +178,44 @@ export function ggmlTensorByteSize(type: number, dims: readonly number[]): numbe
     return (ne0 / tr.blockSize) * tr.typeSize * rows;
 }
 
-/** llama.cpp `general.file_type` values (llama.h `enum llama_ftype`). */
-export const LLAMA_FILE_TYPE_NAMES: Readonly<Record<number, string>> = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M",
-    18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S",
-    25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M",
-    32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0", 41: "Q2_0",
-    1024: "GUESSED",
-};
+/**
+ * llama.cpp's file types (llama.h `enum llama_ftype`, `general.file_type`): the one table of them. Each row: the id,
+ * the LLAMA_FTYPE_* name, and whether `quantizeModel` offers it as a target (llama_model_quantize makes it without
+ * an importance matrix). The lower-case name is the short tag (ModelInfo.quantization, QUANT_TYPES' keys).
+ */
+const LLAMA_FILE_TYPE_ROWS = [
+    [0, "F32", true], [1, "F16", true], [2, "Q4_0", true], [3, "Q4_1", true], [7, "Q8_0", true], [8, "Q5_0", true],
+    [9, "Q5_1", true], [10, "Q2_K", true], [11, "Q3_K_S", true], [12, "Q3_K_M", true], [13, "Q3_K_L", true],
+    [14, "Q4_K_S", true], [15, "Q4_K_M", true], [16, "Q5_K_S", true], [17, "Q5_K_M", true], [18, "Q6_K", true],
+    [19, "IQ2_XXS", false], [20, "IQ2_XS", false], [21, "Q2_K_S", false], [22, "IQ3_XS", false], [23, "IQ3_XXS", false],
+    [24, "IQ1_S", false], [25, "IQ4_NL", false], [26, "IQ3_S", false], [27, "IQ3_M", false], [28, "IQ2_S", false],
+    [29, "IQ2_M", false], [30, "IQ4_XS", false], [31, "IQ1_M", false], [32, "BF16", true], [36, "TQ1_0", false],
+    [37, "TQ2_0", false], [38, "MXFP4_MOE", false], [39, "NVFP4", false], [40, "Q1_0", false], [41, "Q2_0", false],
+    [1024, "GUESSED", false],
+] as const satisfies readonly (readonly [number, string, boolean])[];
+
+type FileTypeRow = (typeof LLAMA_FILE_TYPE_ROWS)[number];
+/** A file type llama.cpp's quantizer can write here (the short tag: "q4_k_m", "q8_0", "f16", ...). */
+export type QuantType = Lowercase<Extract<FileTypeRow, readonly [number, string, true]>[1]>;
+
+/** id -> LLAMA_FTYPE_* name, e.g. 15 -> "Q4_K_M". */
+export const LLAMA_FILE_TYPE_NAMES: Readonly<Record<number, string>> = Object.freeze(
+    Object.fromEntries(LLAMA_FILE_TYPE_ROWS.map(([id, name]) => [id, name])));
+
+/** The quantizer's targets: tag -> llama_ftype id. A null-prototype object: only its own keys are types. */
+export const QUANT_TYPES: Readonly<Record<QuantType, number>> = Object.freeze(Object.assign(Object.create(null) as Record<QuantType, number>,
+    Object.fromEntries(LLAMA_FILE_TYPE_ROWS.filter((r) => r[2]).map(([id, name]) => [name.toLowerCase(), id]))));
+
+/** Whether `value` is a key of QUANT_TYPES (own keys only: "toString" or "__proto__" are not types). */
+export function isQuantType(value: unknown): value is QuantType {
+    return typeof value === "string" && Object.hasOwn(QUANT_TYPES, value);
+}
+
+/** The short tag of a file type id ("q4_k_m"), or `ftype<id>` for an id llama.cpp does not name. */
+export function fileTypeTag(id: number): string {
+    const name = Object.hasOwn(LLAMA_FILE_TYPE_NAMES, id) ? LLAMA_FILE_TYPE_NAMES[id] : undefined;
+    return name !== undefined ? name.toLowerCase() : `ftype${id}`;
+}
 
 /** llama.cpp token types (llama.h `enum llama_token_type`). */
 export enum LlamaTokenType {

@@ -8,7 +8,7 @@
  */
 import { setMaxListeners } from "node:events";
 import type { Static, TObject } from "@sinclair/typebox";
-import { PhiAgentError } from "../errors.js";
+import { InvalidStateError, PhiAgentError, PhiRangeError, PhiTypeError } from "../errors.js";
 import { GENERIC_JSON_FORMAT, formatOf, type MessageFormat } from "../messages/format.js";
 import { ErrorMessage, errorMessageFromError } from "../messages/formats.js";
 import { GemstoneGenerator, type Priority } from "../messages/ids.js";
@@ -104,7 +104,7 @@ export class ProcessContext<P = Record<string, unknown>> {
     send<Q extends object>(payload: Q, options: SendOptions = {}): Message<Q> {
         const format = options.format ?? formatOf(payload);
         if (!format) {
-            throw new TypeError(`${this.#agent.agentType}.send: the payload has no format: build it with e.g. ` +
+            throw new PhiTypeError(`${this.#agent.agentType}.send: the payload has no format: build it with e.g. ` +
                 `GenerationPromptResponse.create({...}) or pass { format: "..." }`);
         }
         assertJsonPayload(payload, "payload");
@@ -163,7 +163,7 @@ export abstract class Agent<P = Record<string, never>> {
 
     constructor(spec: AgentSpec<P>) {
         if (!spec || typeof spec !== "object" || typeof spec.id !== "string") {
-            throw new TypeError(`${new.target.name}: expected an AgentSpec (from new AgentBuilder(${new.target.name})...buildSpec()); got ${String(spec)}`);
+            throw new PhiTypeError(`${new.target.name}: expected an AgentSpec (from new AgentBuilder(${new.target.name})...buildSpec()); got ${String(spec)}`);
         }
         this.spec = spec;
         // every in-flight request listens to this one signal
@@ -203,13 +203,13 @@ export abstract class Agent<P = Record<string, never>> {
     protected handle(format: MessageFormat<TObject> | string, handler: Handler): void {
         const name = typeof format === "string" ? format : format?.format;
         if (typeof name !== "string" || name.length < 3) {
-            throw new TypeError(`${this.constructor.name}.handle: format must be a MessageFormat (e.g. GenerationPromptRequest) or a format name; got ${String(format)}`);
+            throw new PhiTypeError(`${this.constructor.name}.handle: format must be a MessageFormat (e.g. GenerationPromptRequest) or a format name; got ${String(format)}`);
         }
         if (typeof handler !== "function") {
-            throw new TypeError(`${this.constructor.name}.handle(${name}): handler must be a function; got ${typeof handler}`);
+            throw new PhiTypeError(`${this.constructor.name}.handle(${name}): handler must be a function; got ${typeof handler}`);
         }
         if (this.#handlers.has(name)) {
-            throw new RangeError(`${this.constructor.name}.handle: ${name} already has a handler`);
+            throw new PhiRangeError(`${this.constructor.name}.handle: ${name} already has a handler`);
         }
         this.#handlers.set(name, { format: name, schema: typeof format === "string" ? undefined : format, handler });
     }
@@ -223,6 +223,17 @@ export abstract class Agent<P = Record<string, never>> {
     /** Reports an event to the guild (its listeners). */
     protected emitEvent(event: GuildEventBody): void {
         this.#runtime?.emit(event);
+    }
+
+    /**
+     * Reports an event this agent defines (`type: "agent_event"`): `name` says which, `data` is its payload,
+     * `text` the line formatGuildEvent prints (default: the name).
+     */
+    protected emitAgentEvent(name: string, data: Record<string, unknown> = {}, options: { text?: string; error?: Error } = {}): void {
+        const event: GuildEventBody = { type: "agent_event", agentId: this.id, name, data: Object.freeze({ ...data }) };
+        if (options.text !== undefined) event.text = options.text;
+        if (options.error !== undefined) event.error = options.error;
+        this.emitEvent(event);
     }
 
     /** Logs through the guild's events. */
@@ -252,7 +263,7 @@ export abstract class Agent<P = Record<string, never>> {
     /** Called by the Guild: binds the agent to it and runs onStart(). */
     async start(runtime: AgentRuntime): Promise<void> {
         if (this.#state !== "created") {
-            throw new PhiAgentError("ERR_INVALID_ARGUMENT", `Agent "${this.id}" was already started (state: ${this.#state}); an agent instance runs once`);
+            throw new InvalidStateError(`Agent "${this.id}" was already started (state: ${this.#state}); an agent instance runs once`);
         }
         this.#runtime = runtime;
         this.#state = "starting";
@@ -357,7 +368,7 @@ export abstract class Agent<P = Record<string, never>> {
 
     #requireRuntime(what: string): AgentRuntime {
         if (!this.#runtime) {
-            throw new PhiAgentError("ERR_INVALID_ARGUMENT", `Agent "${this.id}".${what}: the agent is not running in a guild; add its spec to a GuildBuilder and launch()`);
+            throw new InvalidStateError(`Agent "${this.id}".${what}: the agent is not running in a guild; add its spec to a GuildBuilder and launch()`);
         }
         return this.#runtime;
     }

@@ -3,7 +3,7 @@
  * only see this interface, so a networked backend (Redis, NATS, ...) can replace the embedded
  * in-memory one without touching them.
  */
-import { PhiAgentError } from "../errors.js";
+import { PhiAgentError, PhiRangeError, PhiTypeError } from "../errors.js";
 import type { Message } from "../messages/message.js";
 
 /** Receives one message. May return a promise; a rejection is reported, never thrown at the publisher. */
@@ -69,7 +69,7 @@ export class InMemoryMessagingBackend implements MessagingBackend {
     subscribe(namespace: string, topic: string, subscriberId: string, handler: MessageHandler): void {
         this.#assertOpen("subscribe");
         if (typeof handler !== "function") {
-            throw Object.assign(new TypeError(`subscribe: handler must be a function; got ${typeof handler}`), { code: "ERR_INVALID_ARGUMENT" });
+            throw new PhiTypeError(`subscribe: handler must be a function; got ${typeof handler}`);
         }
         const k = key(namespace, topic);
         let subscribers = this.#subscriptions.get(k);

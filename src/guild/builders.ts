@@ -3,6 +3,7 @@
  * add_agent_spec → addAgentSpec, launch → launch). Everything is checked when it is set or built,
  * so a bad value fails there with the field's name, not later inside a running agent.
  */
+import { PhiRangeError, PhiTypeError } from "../errors.js";
 import { Agent, type AgentClass, type AgentSpec } from "./agent.js";
 import type { MessagingBackend } from "./backend.js";
 import type { GuildEventListener } from "./events.js";
@@ -15,21 +16,18 @@ export type AgentPropsInputOf<A> = A extends { Props: { from(input: infer I): un
 
 const ID_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.:@-]*$/;
 
-function argError<E extends Error>(error: E): E {
-    return Object.assign(error, { code: "ERR_INVALID_ARGUMENT" });
-}
 
 function checkId(what: string, id: unknown): string {
-    if (typeof id !== "string") throw argError(new TypeError(`${what} must be a string; got ${typeof id}`));
+    if (typeof id !== "string") throw new PhiTypeError(`${what} must be a string; got ${typeof id}`);
     if (!ID_PATTERN.test(id)) {
-        throw argError(new RangeError(`${what} must be letters, digits and _ . : @ - (not starting with a symbol); got ${JSON.stringify(id)}`));
+        throw new PhiRangeError(`${what} must be letters, digits and _ . : @ - (not starting with a symbol); got ${JSON.stringify(id)}`);
     }
     return id;
 }
 
 function checkText(what: string, value: unknown, allowEmpty: boolean): string {
-    if (typeof value !== "string") throw argError(new TypeError(`${what} must be a string; got ${typeof value}`));
-    if (!allowEmpty && value.trim().length === 0) throw argError(new RangeError(`${what} must not be empty`));
+    if (typeof value !== "string") throw new PhiTypeError(`${what} must be a string; got ${typeof value}`);
+    if (!allowEmpty && value.trim().length === 0) throw new PhiRangeError(`${what} must not be empty`);
     return value;
 }
 
@@ -57,7 +55,7 @@ export class AgentBuilder<A extends AgentClass<any>> {
 
     constructor(agentClass: A) {
         if (typeof agentClass !== "function" || !(agentClass.prototype instanceof Agent)) {
-            throw argError(new TypeError(`AgentBuilder: expected an Agent subclass (e.g. LLMPhiAgent); got ${typeof agentClass === "function" ? `class ${agentClass.name}, which does not extend Agent` : String(agentClass)}`));
+            throw new PhiTypeError(`AgentBuilder: expected an Agent subclass (e.g. LLMPhiAgent); got ${typeof agentClass === "function" ? `class ${agentClass.name}, which does not extend Agent` : String(agentClass)}`);
         }
         this.#agentClass = agentClass;
     }
@@ -99,7 +97,7 @@ export class AgentBuilder<A extends AgentClass<any>> {
 
     /** Whether to listen to "default_topic" (default true). */
     listenToDefaultTopic(listen: boolean): this {
-        if (typeof listen !== "boolean") throw argError(new TypeError(`AgentBuilder.listenToDefaultTopic: expected a boolean; got ${typeof listen}`));
+        if (typeof listen !== "boolean") throw new PhiTypeError(`AgentBuilder.listenToDefaultTopic: expected a boolean; got ${typeof listen}`);
         this.#listenToDefaultTopic = listen;
         return this;
     }
@@ -112,7 +110,7 @@ export class AgentBuilder<A extends AgentClass<any>> {
     buildSpec(): AgentSpec<AgentPropsOf<A>> {
         const cls = this.#agentClass;
         if (this.#name === undefined) {
-            throw argError(new TypeError(`AgentBuilder(${cls.name}).buildSpec: name is required; call setName("...")`));
+            throw new PhiTypeError(`AgentBuilder(${cls.name}).buildSpec: name is required; call setName("...")`);
         }
         const parser = cls.Props;
         let properties: unknown;
@@ -186,10 +184,10 @@ export class GuildBuilder {
     /** Adds an agent (from AgentBuilder.buildSpec()). Agent ids must be unique in the guild. */
     addAgentSpec(spec: AgentSpec<any>): this {
         if (!spec || typeof spec !== "object" || typeof spec.agentClass !== "function" || typeof spec.id !== "string") {
-            throw argError(new TypeError(`GuildBuilder.addAgentSpec: expected an AgentSpec from new AgentBuilder(...).buildSpec(); got ${spec === null ? "null" : typeof spec}`));
+            throw new PhiTypeError(`GuildBuilder.addAgentSpec: expected an AgentSpec from new AgentBuilder(...).buildSpec(); got ${spec === null ? "null" : typeof spec}`);
         }
         if (this.#agents.some((s) => s.id === spec.id)) {
-            throw argError(new RangeError(`GuildBuilder.addAgentSpec: an agent with id "${spec.id}" is already in guild "${this.#id}"; give each agent its own id (AgentBuilder.setId)`));
+            throw new PhiRangeError(`GuildBuilder.addAgentSpec: an agent with id "${spec.id}" is already in guild "${this.#id}"; give each agent its own id (AgentBuilder.setId)`);
         }
         this.#agents.push(spec);
         return this;
@@ -199,16 +197,16 @@ export class GuildBuilder {
     setMessagingBackend(backend: MessagingBackend): this {
         for (const m of ["publish", "subscribe", "unsubscribe", "close"] as const) {
             if (!backend || typeof (backend as unknown as Record<string, unknown>)[m] !== "function") {
-                throw argError(new TypeError(`GuildBuilder.setMessagingBackend: the backend must implement MessagingBackend (missing ${m}())`));
+                throw new PhiTypeError(`GuildBuilder.setMessagingBackend: the backend must implement MessagingBackend (missing ${m}())`);
             }
         }
         this.#backend = backend;
         return this;
     }
 
-    /** Listens to the guild's events from the start (agent lifecycle, model load progress, errors). */
+    /** Listens to the guild's events from the start (agent lifecycle, agent-defined events, errors). */
     onEvent(listener: GuildEventListener): this {
-        if (typeof listener !== "function") throw argError(new TypeError(`GuildBuilder.onEvent: listener must be a function; got ${typeof listener}`));
+        if (typeof listener !== "function") throw new PhiTypeError(`GuildBuilder.onEvent: listener must be a function; got ${typeof listener}`);
         this.#listeners.push(listener);
         return this;
     }

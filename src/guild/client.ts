@@ -3,7 +3,7 @@
  * A GuildClient publishes, subscribes and awaits replies; a ProbeClient also collects every message
  * on its topics so tests and scripts can wait for them.
  */
-import { PhiAgentError } from "../errors.js";
+import { PhiAgentError, PhiRangeError, PhiTypeError } from "../errors.js";
 import { formatOf } from "../messages/format.js";
 import type { GemstoneGenerator, Priority } from "../messages/ids.js";
 import { DEFAULT_TOPIC, createMessage, isMessage, parseMessage, type AgentTag, type Message } from "../messages/message.js";
@@ -11,11 +11,11 @@ import type { MessagingBackend } from "./backend.js";
 import type { GuildEventBody } from "./events.js";
 import { assertJsonPayload } from "./json.js";
 
-/** A wait (`request`, `waitFor`) ran out of time. `code` is "ERR_TIMEOUT". */
-export class GuildTimeoutError extends Error {
-    readonly code = "ERR_TIMEOUT" as const;
+/** A wait (`request`, `waitFor`) ran out of time: a PhiAgentError with `code` "ERR_TIMEOUT". */
+export class GuildTimeoutError extends PhiAgentError {
+    declare readonly code: "ERR_TIMEOUT";
     constructor(message: string) {
-        super(message);
+        super("ERR_TIMEOUT", message);
         this.name = "GuildTimeoutError";
     }
 }
@@ -92,10 +92,9 @@ export class GuildClient {
         assertTopics(topics, "publish");
         const format = options.format ?? formatOf(payload);
         if (typeof format !== "string" || format.length < 3) {
-            throw Object.assign(new TypeError(
+            throw new PhiTypeError(
                 `publish: the payload's format is unknown: build it with its format's create() ` +
-                `(e.g. GenerationPromptRequest.create({ generation_prompt: "..." })) or pass { format: "<qualified format name>" }`),
-                { code: "ERR_INVALID_ARGUMENT" });
+                `(e.g. GenerationPromptRequest.create({ generation_prompt: "..." })) or pass { format: "<qualified format name>" }`);
         }
         assertJsonPayload(payload, "payload");
         const message = createMessage({
@@ -132,7 +131,7 @@ export class GuildClient {
         this.#assertOpen("subscribe");
         assertTopics(topic, "subscribe");
         if (typeof handler !== "function") {
-            throw Object.assign(new TypeError(`subscribe: handler must be a function; got ${typeof handler}`), { code: "ERR_INVALID_ARGUMENT" });
+            throw new PhiTypeError(`subscribe: handler must be a function; got ${typeof handler}`);
         }
         await this.#addListener(topic, handler);
         let done = false;
@@ -324,13 +323,13 @@ export class ProbeClient extends GuildClient {
         assertTimeout(timeoutMs, "waitFor");
         if (typeof what === "number") {
             if (!Number.isInteger(what) || what < 1) {
-                return Promise.reject(Object.assign(new RangeError(`waitFor: count must be a positive integer; got ${what}`), { code: "ERR_INVALID_ARGUMENT" }));
+                return Promise.reject(new PhiRangeError(`waitFor: count must be a positive integer; got ${what}`));
             }
             return this.#wait(() => (this.#messages.length >= what ? this.#messages.slice(0, what) : undefined), timeoutMs,
                 () => `${what} message(s) (got ${this.#messages.length})`);
         }
         if (typeof what !== "function") {
-            return Promise.reject(Object.assign(new TypeError(`waitFor: expected a count or a predicate function; got ${typeof what}`), { code: "ERR_INVALID_ARGUMENT" }));
+            return Promise.reject(new PhiTypeError(`waitFor: expected a count or a predicate function; got ${typeof what}`));
         }
         return this.#wait(() => this.#messages.find(what), timeoutMs, () => `a message matching the predicate (collected ${this.#messages.length})`);
     }
@@ -382,14 +381,12 @@ export class ProbeClient extends GuildClient {
 function assertTopics(topics: unknown, what: string): void {
     const list = Array.isArray(topics) ? topics : [topics];
     if (list.length === 0 || list.some((t) => typeof t !== "string" || t.length === 0)) {
-        throw Object.assign(new TypeError(`${what}: topics must be a non-empty topic name or a non-empty array of them (e.g. "default_topic"); got ${JSON.stringify(topics)}`),
-            { code: "ERR_INVALID_ARGUMENT" });
+        throw new PhiTypeError(`${what}: topics must be a non-empty topic name or a non-empty array of them (e.g. "default_topic"); got ${JSON.stringify(topics)}`);
     }
 }
 
 function assertTimeout(timeoutMs: unknown, what: string): void {
     if (typeof timeoutMs !== "number" || !(timeoutMs > 0) || !Number.isFinite(timeoutMs)) {
-        throw Object.assign(new RangeError(`${what}: timeoutMs must be a positive number of milliseconds; got ${String(timeoutMs)}`),
-            { code: "ERR_INVALID_ARGUMENT" });
+        throw new PhiRangeError(`${what}: timeoutMs must be a positive number of milliseconds; got ${String(timeoutMs)}`);
     }
 }

@@ -1,5 +1,8 @@
-/** What a guild reports while it runs (`GuildBuilder.onEvent` / `Guild.onEvent`). */
-import type { ModelInfo } from "../model/types.js";
+/**
+ * What a guild reports while it runs (`GuildBuilder.onEvent` / `Guild.onEvent`). The guild knows agents, messages
+ * and clients, not what an agent does: an agent's own events (LLMPhiAgent's model loading, for one) are
+ * `agent_event`s whose `name` and `data` the agent defines.
+ */
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
@@ -9,11 +12,11 @@ export type GuildEventBody =
     | { type: "agent_started"; agentId: string }
     | { type: "agent_start_failed"; agentId: string; error: Error }
     | { type: "agent_stopped"; agentId: string }
-    /** Model load progress of an agent, 0..1. */
-    | { type: "model_load_progress"; agentId: string; progress: number }
-    | { type: "model_loaded"; agentId: string; info: ModelInfo; loadMs: number }
-    | { type: "model_load_failed"; agentId: string; error: Error }
-    | { type: "model_disposed"; agentId: string }
+    /**
+     * An event the agent defines (Agent.emitAgentEvent): `name` says which (e.g. "index_ready"), `data` is the
+     * agent's payload, `text` the one-line description formatGuildEvent prints, `error` set when it reports a failure.
+     */
+    | { type: "agent_event"; agentId: string; name: string; data: Readonly<Record<string, unknown>>; text?: string; error?: Error }
     /** A handler threw (the request still got an ErrorMessage reply unless it had already been answered). */
     | { type: "handler_error"; agentId: string; messageId: string; format: string; error: Error }
     /** The messaging backend refused a message or a handler of a client threw. */
@@ -23,6 +26,9 @@ export type GuildEventBody =
 
 /** A guild event: the body plus the guild's id and when it happened (ms since the epoch). */
 export type GuildEvent = GuildEventBody & { guildId: string; time: number };
+
+/** An agent-defined event (`type: "agent_event"`). */
+export type AgentEvent = Extract<GuildEvent, { type: "agent_event" }>;
 
 export type GuildEventListener = (event: GuildEvent) => void;
 
@@ -34,12 +40,7 @@ export function formatGuildEvent(event: GuildEvent): string {
         case "agent_started": return `${who}started`;
         case "agent_start_failed": return `${who}failed to start: ${event.error.message}`;
         case "agent_stopped": return `${who}stopped`;
-        case "model_load_progress": return `${who}loading model: ${Math.round(event.progress * 100)}%`;
-        case "model_loaded":
-            return `${who}model loaded in ${event.loadMs} ms: ${event.info.name || event.info.architecture} ` +
-                `(${event.info.quantization}) on ${event.info.runtime.device}, context ${event.info.runtime.contextSize}`;
-        case "model_load_failed": return `${who}model failed to load: ${event.error.message}`;
-        case "model_disposed": return `${who}model disposed`;
+        case "agent_event": return `${who}${event.text ?? event.name}${event.error && !event.text ? `: ${event.error.message}` : ""}`;
         case "handler_error": return `${who}handler for ${event.format} failed on message ${event.messageId}: ${event.error.message}`;
         case "delivery_error": return `[${event.subscriberId}] delivery of message ${event.messageId} failed: ${event.error.message}`;
         case "log": return `${who}${event.level}: ${event.message}`;

@@ -4,7 +4,7 @@
  * it holds — LLMPhiAgent disposes its model), closes the clients, and closes the backend if the
  * guild created it.
  */
-import { PhiAgentError } from "../errors.js";
+import { PhiAgentError, PhiRangeError, PhiTypeError } from "../errors.js";
 import { GemstoneGenerator } from "../messages/ids.js";
 import { DEFAULT_TOPIC, topicsOf, type Message } from "../messages/message.js";
 import type { Agent, AgentRuntime, AgentSpec } from "./agent.js";
@@ -119,10 +119,10 @@ export class Guild {
         }
     }
 
-    /** Calls `listener` for every event (agent lifecycle, model load progress, handler errors, logs). Returns a function that removes it. */
+    /** Calls `listener` for every event (agent lifecycle, agent-defined events such as model loading, handler errors, logs). Returns a function that removes it. */
     onEvent(listener: GuildEventListener): () => void {
         if (typeof listener !== "function") {
-            throw Object.assign(new TypeError(`onEvent: listener must be a function; got ${typeof listener}`), { code: "ERR_INVALID_ARGUMENT" });
+            throw new PhiTypeError(`onEvent: listener must be a function; got ${typeof listener}`);
         }
         this.#listeners.add(listener);
         return () => { this.#listeners.delete(listener); };
@@ -244,11 +244,10 @@ export class Guild {
 
     #claimId(id: unknown, what: string): asserts id is string {
         if (typeof id !== "string" || id.trim().length === 0) {
-            throw Object.assign(new TypeError(`${what}: id must be a non-empty string; got ${JSON.stringify(id)}`), { code: "ERR_INVALID_ARGUMENT" });
+            throw new PhiTypeError(`${what}: id must be a non-empty string; got ${JSON.stringify(id)}`);
         }
         if (this.#agents.has(id) || this.#clients.has(id)) {
-            throw Object.assign(new RangeError(`${what}: id "${id}" is already used by an ${this.#agents.has(id) ? "agent" : "open client"} of guild "${this.id}"; pick another id`),
-                { code: "ERR_INVALID_ARGUMENT" });
+            throw new PhiRangeError(`${what}: id "${id}" is already used by an ${this.#agents.has(id) ? "agent" : "open client"} of guild "${this.id}"; pick another id`);
         }
     }
 }

@@ -12,4 +12,4 @@ export { AgentBuilder, GuildBuilder, agentSpecToJSON, type AgentPropsOf, type Ag
 export { Guild, type GuildSpec, type GuildState } from "./guild.js";
 export { GuildClient, ProbeClient, GuildTimeoutError, type PublishOptions, type RequestOptions } from "./client.js";
 export { InMemoryMessagingBackend, type MessagingBackend, type MessageHandler, type InMemoryMessagingBackendOptions } from "./backend.js";
-export { formatGuildEvent, type GuildEvent, type GuildEventBody, type GuildEventListener, type LogLevel } from "./events.js";
+export { formatGuildEvent, type AgentEvent, type GuildEvent, type GuildEventBody, type GuildEventListener, type LogLevel } from "./events.js";

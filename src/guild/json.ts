@@ -1,4 +1,5 @@
 /** Payloads must be plain JSON so any backend (and a Python guild) can carry them. */
+import { PhiTypeError } from "../errors.js";
 
 /**
  * Throws a TypeError naming the first part of `value` that is not plain JSON data: functions,
@@ -49,5 +50,5 @@ function visit(value: unknown, path: string, stack: Set<object>): void {
 
 function bad(path: string, value: unknown, why: string): TypeError {
     void value;
-    return Object.assign(new TypeError(`${path} ${why}`), { code: "ERR_INVALID_ARGUMENT" });
+    return new PhiTypeError(`${path} ${why}`);
 }

@@ -5,6 +5,7 @@
  * are ignored by a Python receiver, whose models accept unknown fields.
  */
 import { Type, type Static } from "@sinclair/typebox";
+import { MAX_STOP_STRINGS, optionSchema } from "../model/limits.js";
 import { defineMessageFormat } from "./format.js";
 
 /** RusticAI's module holding these formats; format names are `${module}.${ClassName}`. */
@@ -16,17 +17,14 @@ export const RUSTIC_MESSAGE_FORMATS_MODULE = "rustic_ai.core.agents.commons.mess
 
 export const GenerationPromptRequestSchema = Type.Object({
     generation_prompt: Type.String({ description: "The text the model continues." }),
-    max_tokens: Type.Optional(Type.Integer({
-        minimum: 1, maximum: 1_048_576,
-        description: "Max tokens to generate for this request (overrides the agent's maxLength budget).",
-    })),
-    temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 100, description: "0 = greedy (the default)." })),
-    seed: Type.Optional(Type.Integer({ minimum: 0, maximum: 0xfffffffe, description: "Sampling seed (same seed and options, same text)." })),
+    max_tokens: Type.Optional(optionSchema("maxTokens", "Max tokens to generate for this request (overrides the agent's maxLength budget).")),
+    temperature: Type.Optional(optionSchema("temperature", "0 = greedy (the default).")),
+    seed: Type.Optional(optionSchema("seed")),
     stop: Type.Optional(Type.Array(Type.String({ minLength: 1 }), {
-        maxItems: 16, description: "Generation stops before the first of these strings.",
+        maxItems: MAX_STOP_STRINGS, description: "Generation stops before the first of these strings.",
     })),
-    top_k: Type.Optional(Type.Integer({ minimum: 0, maximum: 1 << 20, description: "0 = off." })),
-    top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, description: "1 = off." })),
+    top_k: Type.Optional(optionSchema("topK")),
+    top_p: Type.Optional(optionSchema("topP")),
 }, { description: "A text generation request." });
 
 /** A text generation request: `generation_prompt`, plus optional per-request options. */

@@ -5,6 +5,7 @@
  * number, so ids travel as decimal strings inside TypeScript (see `messageToJSON` / `parseMessage`
  * for the wire form, where they are bare JSON integers as in Python).
  */
+import { PhiRangeError, PhiTypeError } from "../errors.js";
 
 /** RusticAI's `Priority` (lower = more urgent). */
 export const Priority = {
@@ -41,8 +42,7 @@ export interface GemstoneIdParts {
 
 function assertPriority(priority: unknown): asserts priority is Priority {
     if (typeof priority !== "number" || !Number.isInteger(priority) || priority < 0 || priority > 7) {
-        throw Object.assign(new RangeError(`priority must be an integer from 0 (URGENT) to 7 (LOWEST); got ${String(priority)}`),
-            { code: "ERR_INVALID_ARGUMENT" });
+        throw new PhiRangeError(`priority must be an integer from 0 (URGENT) to 7 (LOWEST); got ${String(priority)}`);
     }
 }
 
@@ -78,8 +78,7 @@ function toBigIntId(id: string | bigint | number, name: string): bigint {
     if (typeof id === "bigint" && id >= 0n && id < 1n << 64n) return id;
     if (typeof id === "number" && Number.isSafeInteger(id) && id >= 0) return BigInt(id);
     if (typeof id === "string" && /^\d{1,20}$/.test(id) && BigInt(id) < 1n << 64n) return BigInt(id);
-    throw Object.assign(new TypeError(`${name} must be a message id: a 64-bit unsigned integer as a decimal string; got ${JSON.stringify(String(id))}`),
-        { code: "ERR_INVALID_ARGUMENT" });
+    throw new PhiTypeError(`${name} must be a message id: a 64-bit unsigned integer as a decimal string; got ${JSON.stringify(String(id))}`);
 }
 
 /**
@@ -93,8 +92,7 @@ export class GemstoneGenerator {
 
     constructor(machineId: number = Math.floor(Math.random() * 256)) {
         if (!Number.isInteger(machineId) || machineId < 0 || machineId > 255) {
-            throw Object.assign(new RangeError(`machineId must be an integer from 0 to 255; got ${String(machineId)}`),
-                { code: "ERR_INVALID_ARGUMENT" });
+            throw new PhiRangeError(`machineId must be an integer from 0 to 255; got ${String(machineId)}`);
         }
         this.machineId = machineId;
     }

@@ -5,6 +5,7 @@
  */
 import { type TSchema } from "@sinclair/typebox";
 import { Value, ValueErrorType, type ValueError } from "@sinclair/typebox/value";
+import { PhiRangeError, PhiTypeError } from "../errors.js";
 
 /** One problem found in a value, with the field it concerns. */
 export interface FieldError {
@@ -166,18 +167,16 @@ export function formatFieldErrors(errors: readonly FieldError[]): string {
     return errors.map((e) => (e.path === "" ? `the value ${e.message}` : `${e.path} ${e.message}`)).join("; ");
 }
 
-/** A `TypeError` carrying the field errors; `code` is "ERR_INVALID_ARGUMENT". */
-export class ValidationTypeError extends TypeError {
-    readonly code = "ERR_INVALID_ARGUMENT" as const;
+/** A `TypeError` (PhiTypeError) carrying the field errors; `code` is "ERR_INVALID_ARGUMENT". */
+export class ValidationTypeError extends PhiTypeError {
     constructor(message: string, readonly errors: readonly FieldError[], readonly what: string) {
         super(message);
         this.name = "ValidationTypeError";
     }
 }
 
-/** A `RangeError` carrying the field errors; `code` is "ERR_INVALID_ARGUMENT". */
-export class ValidationRangeError extends RangeError {
-    readonly code = "ERR_INVALID_ARGUMENT" as const;
+/** A `RangeError` (PhiRangeError) carrying the field errors; `code` is "ERR_INVALID_ARGUMENT". */
+export class ValidationRangeError extends PhiRangeError {
     constructor(message: string, readonly errors: readonly FieldError[], readonly what: string) {
         super(message);
         this.name = "ValidationRangeError";

@@ -4,16 +4,15 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { AbortError, ContextOverflowError, DisposedError, PhiAgentError, type PhiErrorCode } from "../errors.js";
+import os from "node:os";
+import { AbortError, ContextOverflowError, DisposedError, PhiAgentError, PhiRangeError, type PhiErrorCode } from "../errors.js";
+import { fileTypeTag } from "../gguf/types.js";
 import { readAndCheckPhi2 } from "../gguf/validate.js";
-import { defaultThreads, ensureLibrary, loadBinding, type NativeEngine, type NativeModel, type NativeDonePayload, type NativeDevice } from "../native/binding.js";
-import { checkText, checkTokens, resolveGenerateOptions, resolveLoadOptions, type ResolvedGenerateOptions } from "./options.js";
+import { defaultThreads, loadBinding, type NativeEngine, type NativeModel, type NativeDonePayload } from "../native/binding.js";
+import { selectDevice } from "./devices.js";
+import { kvCacheBytes } from "./limits.js";
+import { checkText, checkTokens, resolveContext, resolveGenerateOptions, resolveLoadOptions, resolveTokenizeOptions, type ResolvedGenerateOptions } from "./options.js";
 import type { GenerateOptions, GenerationResult, LoadOptions, ModelInfo, TokenChunk, TokenizeOptions } from "./types.js";
-
-const QUANT_TAGS: Record<number, string> = {
-    0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 7: "q8_0", 8: "q5_0", 9: "q5_1", 10: "q2_k", 11: "q3_k_s", 12: "q3_k_m",
-    13: "q3_k_l", 14: "q4_k_s", 15: "q4_k_m", 16: "q5_k_s", 17: "q5_k_m", 18: "q6_k", 32: "bf16",
-};
 
 /** Rewrites an error's stack to point at the JS caller that started the native work. */
 function withCallerStack<E extends Error>(error: E, caller: Error): E {
@@ -56,14 +55,12 @@ export class PhiModel implements AsyncDisposable {
         if (o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted before it started"), caller);
 
         const binding = loadBinding();
-        const libs = ensureLibrary(o.device.backend, o.libraryPath);
-        const device = pickDevice(binding.listDevices(), o.device.backend, o.device.ordinal);
+        const { device, libraryDir } = selectDevice(o.device, o.libraryPath);
         const gpuLayers = device.type === "cpu" ? 0 : o.gpuLayers === "all" ? hparams.blockCount + 1 : o.gpuLayers;
-
-        const contextLength = hparams.contextLength;
-        const contextSize = o.contextSize ?? contextLength;
-        const kvSize = o.kvCacheSize ?? contextSize;
-        if (kvSize < contextSize) throw new RangeError(`"kvCacheSize" (${kvSize}) must be at least "contextSize" (${contextSize})`);
+        const kvOnGpu = device.type !== "cpu" && gpuLayers > hparams.blockCount && device.memoryTotal > 0;
+        const { contextSize, kvCacheSize: kvSize } = resolveContext(o, hparams, kvOnGpu
+            ? { bytes: device.memoryTotal, where: `the memory of ${device.name}` }
+            : { bytes: os.totalmem(), where: "this machine's RAM" });
         const threads = o.threads ?? defaultThreads();
         const batchThreads = o.batchThreads ?? threads;
 
@@ -95,7 +92,7 @@ export class PhiModel implements AsyncDisposable {
         } catch (err) {
             await engine.close().catch(() => undefined);
             native.dispose();
-            throw withCallerStack(new PhiAgentError("ERR_LOAD_FAILED", (err as Error).message, { cause: err }), caller);
+            throw withCallerStack(new PhiAgentError("ERR_LOAD_FAILED", contextFailure((err as Error).message, kvSize, kvCacheBytes(hparams, kvSize)), { cause: err }), caller);
         }
         const n = native.info();
         const info: ModelInfo = {
@@ -108,7 +105,7 @@ export class PhiModel implements AsyncDisposable {
             heads: n.heads,
             vocabSize: n.vocabSize,
             fileType: n.fileType,
-            quantization: QUANT_TAGS[n.fileTypeId] ?? `ftype${n.fileTypeId}`,
+            quantization: fileTypeTag(n.fileTypeId),
             fileSize: header.fileSize,
             parameterCount: n.parameterCount,
             runtime: {
@@ -123,8 +120,8 @@ export class PhiModel implements AsyncDisposable {
                 batchThreads,
                 threadpool,
                 flashAttention: o.flashAttention,
-                libraryPath: libs.dir,
-                llamaCppRelease: libraryRelease(libs.dir),
+                libraryPath: libraryDir,
+                llamaCppRelease: libraryRelease(libraryDir),
             },
         };
         return new PhiModel(native, engine, info);
@@ -140,18 +137,19 @@ export class PhiModel implements AsyncDisposable {
     }
 
     /** Text → token ids with the model's own vocabulary. No BOS is added (Phi-2 has none). */
-    tokenize(text: string, options: TokenizeOptions = {}): number[] {
+    tokenize(text: string, options?: TokenizeOptions): number[] {
         const { native } = this.#live();
         checkText("text", text, { allowEmpty: true });
-        if (options.special !== undefined && typeof options.special !== "boolean") throw new TypeError(`Expected "special" to be a boolean, got ${typeof options.special}`);
-        return Array.from(native.tokenize(text, options.special ?? false));
+        const { special } = resolveTokenizeOptions("tokenize", options);
+        return Array.from(native.tokenize(text, special));
     }
 
     /** Token ids → text. Special tokens (<|endoftext|>) are rendered only with { special: true }. */
-    detokenize(tokens: readonly number[] | Int32Array, options: TokenizeOptions = {}): string {
+    detokenize(tokens: readonly number[] | Int32Array, options?: TokenizeOptions): string {
         const { native } = this.#live();
         const ids = checkTokens("tokens", tokens, this.info.vocabSize);
-        return native.detokenize(ids, options.special ?? false);
+        const { special } = resolveTokenizeOptions("detokenize", options);
+        return native.detokenize(ids, special);
     }
 
     /** Generates a completion of `prompt`. Runs entirely in native code; concurrent calls are decoded together. */
@@ -232,7 +230,7 @@ export class PhiModel implements AsyncDisposable {
         else {
             engine = this.#live().engine;
             tokens = checkTokens("prompt", prompt, this.info.vocabSize);
-            if (tokens.length === 0) throw new RangeError(`"prompt" is empty; pass at least one token`);
+            if (tokens.length === 0) throw new PhiRangeError(`"prompt" is empty; pass at least one token`);
             if (tokens.length > this.info.runtime.contextSize) throw new ContextOverflowError(tokens.length, this.info.runtime.contextSize);
         }
         const result = await this.#run(engine, tokens, o, caller, true);
@@ -325,20 +323,11 @@ function toResult(p: NativeDonePayload): GenerationResult {
     };
 }
 
-function pickDevice(devices: NativeDevice[], backend: string, ordinal?: number): NativeDevice {
-    const cpu = devices.find((d) => d.type === "cpu") ?? { index: -1, name: "CPU", description: "CPU", type: "cpu", backend: "CPU", memoryFree: 0, memoryTotal: 0 };
-    const gpus = devices.filter((d) => d.type === "gpu" || d.type === "igpu");
-    if (backend === "cpu") return cpu;
-    if (backend === "auto") return gpus[0] ?? cpu;
-    const matching = gpus.filter((d) => d.backend.toLowerCase().startsWith(backend === "metal" ? "metal" : backend) || d.backend.toLowerCase().includes(backend));
-    const found = matching[ordinal ?? 0];
-    if (!found) {
-        const available = devices.map((d) => `${d.name} (${d.backend}, ${d.type})`).join(", ") || "none";
-        throw new PhiAgentError("ERR_DEVICE_UNAVAILABLE",
-            `No ${backend}${ordinal !== undefined ? ":" + ordinal : ""} device is usable here; devices found: ${available}. ` +
-            `Use device "auto" or "cpu", check the GPU driver, or install the @node-llama-cpp package for ${backend}.`);
-    }
-    return found;
+/** llama.cpp's context failure, with the real cause first when it ran out of memory (its log may lead with a warning). */
+function contextFailure(message: string, cells: number, bytes: number): string {
+    if (!/insufficient memory|failed to allocate|out of memory/i.test(message)) return message;
+    return `Not enough memory for a KV cache of ${cells} cells (about ${(bytes / 2 ** 30).toFixed(2)} GiB): lower "kvCacheSize" ` +
+        `(or "contextSize"), or free memory. llama.cpp: ${message}`;
 }
 
 /** The llama.cpp release of a node-llama-cpp library folder (its build metadata), else "unknown". */

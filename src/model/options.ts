@@ -1,8 +1,45 @@
 /**
  * Validation of PhiModel's options and arguments, with messages that name the option, the value and the fix.
- * Bad types are TypeError, bad values RangeError (what JS callers expect from argument checks).
+ * Bad types are PhiTypeError, bad values PhiRangeError (instanceof TypeError / RangeError, as JS callers expect
+ * from argument checks, with code ERR_INVALID_ARGUMENT). Ranges come from ./limits.ts, defaults from the
+ * LOAD_DEFAULTS / GENERATE_DEFAULTS objects below: the one definition of each.
  */
-import type { DeviceSpec, GenerateOptions, LoadOptions } from "./types.js";
+import os from "node:os";
+import { PhiRangeError, PhiTypeError } from "../errors.js";
+import type { Phi2HParams } from "../gguf/validate.js";
+import { parseDevice, type ParsedDevice } from "./devices.js";
+import { OPTION_SCHEMAS, kvCacheBytes, sequencesProblem, threadLimit, type NumericOption } from "./limits.js";
+import type { DeviceSpec, GenerateOptions } from "./types.js";
+
+/** Defaults of PhiModel.load() options (contextSize: the model's training context; threads: defaultThreads()). */
+export const LOAD_DEFAULTS = Object.freeze({
+    gpuLayers: "all" as const,
+    sequences: 8,
+    batchSize: 512,
+    threadpool: true,
+    flashAttention: "auto" as const,
+    mmap: true,
+    /** Chosen from measurements: README "Speed, memory and load time". */
+    repack: true,
+});
+
+/**
+ * Defaults of generate() options: greedy, no penalties, no limit but the context. The native engine's own
+ * fallbacks (native/NativeEngine.*) must match these; `seed` is random per call when not given.
+ */
+export const GENERATE_DEFAULTS = Object.freeze({
+    maxTokens: -1, // -1 = until EOS or the end of the context
+    temperature: 0,
+    topK: 0,
+    topP: 1,
+    minP: 0,
+    repeatPenalty: 1,
+    presencePenalty: 0,
+    frequencyPenalty: 0,
+    repeatLastN: 64,
+    truncate: "error" as const,
+    stopOnAbort: false,
+});
 
 function show(value: unknown): string {
     if (typeof value === "string") return JSON.stringify(value);
@@ -15,44 +52,79 @@ function show(value: unknown): string {
 }
 
 export function checkInteger(name: string, value: unknown, min: number, max: number): number {
-    if (typeof value !== "number") throw new TypeError(`Expected "${name}" to be an integer, got ${typeof value} ${show(value)}`);
-    if (!Number.isInteger(value)) throw new RangeError(`Expected "${name}" to be an integer, got ${show(value)}`);
-    if (value < min || value > max) throw new RangeError(`Expected "${name}" to be between ${min} and ${max}, got ${value}`);
+    if (typeof value !== "number") throw new PhiTypeError(`Expected "${name}" to be an integer, got ${typeof value} ${show(value)}`);
+    if (!Number.isInteger(value)) throw new PhiRangeError(`Expected "${name}" to be an integer, got ${show(value)}`);
+    if (value < min || value > max) throw new PhiRangeError(`Expected "${name}" to be between ${min} and ${max}, got ${value}`);
     return value;
 }
 
 export function checkNumber(name: string, value: unknown, min: number, max: number, { minExclusive = false } = {}): number {
-    if (typeof value !== "number") throw new TypeError(`Expected "${name}" to be a number, got ${typeof value} ${show(value)}`);
-    if (!Number.isFinite(value)) throw new RangeError(`Expected "${name}" to be a finite number, got ${value}`);
+    if (typeof value !== "number") throw new PhiTypeError(`Expected "${name}" to be a number, got ${typeof value} ${show(value)}`);
+    if (!Number.isFinite(value)) throw new PhiRangeError(`Expected "${name}" to be a finite number, got ${value}`);
     if ((minExclusive ? value <= min : value < min) || value > max) {
-        throw new RangeError(`Expected "${name}" to be ${minExclusive ? "greater than" : "at least"} ${min} and at most ${max}, got ${value}`);
+        throw new PhiRangeError(`Expected "${name}" to be ${minExclusive ? "greater than" : "at least"} ${min} and at most ${max}, got ${value}`);
     }
     return value;
 }
 
+/** Checks a numeric option against its schema in ./limits.ts (integer or number, minimum or exclusiveMinimum, maximum). */
+export function checkOption(name: NumericOption, value: unknown, label: string = name): number {
+    const schema = OPTION_SCHEMAS[name] as { type: string; minimum?: number; exclusiveMinimum?: number; maximum: number };
+    if (schema.type === "integer") return checkInteger(label, value, schema.minimum!, schema.maximum);
+    return schema.exclusiveMinimum !== undefined
+        ? checkNumber(label, value, schema.exclusiveMinimum, schema.maximum, { minExclusive: true })
+        : checkNumber(label, value, schema.minimum!, schema.maximum);
+}
+
 function checkBoolean(name: string, value: unknown): boolean {
-    if (typeof value !== "boolean") throw new TypeError(`Expected "${name}" to be a boolean, got ${typeof value} ${show(value)}`);
+    if (typeof value !== "boolean") throw new PhiTypeError(`Expected "${name}" to be a boolean, got ${typeof value} ${show(value)}`);
     return value;
 }
 
 function checkFunction(name: string, value: unknown): void {
-    if (typeof value !== "function") throw new TypeError(`Expected "${name}" to be a function, got ${typeof value}`);
+    if (typeof value !== "function") throw new PhiTypeError(`Expected "${name}" to be a function, got ${typeof value}`);
 }
 
 function checkSignal(name: string, value: unknown): AbortSignal {
-    if (!(value instanceof AbortSignal)) throw new TypeError(`Expected "${name}" to be an AbortSignal, got ${show(value)}`);
+    if (!(value instanceof AbortSignal)) throw new PhiTypeError(`Expected "${name}" to be an AbortSignal, got ${show(value)}`);
     return value;
+}
+
+/** Threads beyond the logical CPUs make ggml's spinning workers wait for each other: refused (README "Threads"). */
+function checkThreads(name: "threads" | "batchThreads", value: unknown): number {
+    const n = checkOption(name, value);
+    const limit = threadLimit();
+    if (n > limit) {
+        throw new PhiRangeError(`"${name}" is ${n}, but this machine has ${limit} logical CPU${limit === 1 ? "" : "s"}: ggml's threads wait for each ` +
+            `other by spinning, so more threads than CPUs make generation many times slower (README "Threads"). Use at most ${limit}, or leave it unset`);
+    }
+    return n;
+}
+
+const TOKENIZE_KEYS = new Set(["special"]);
+
+/** The options of tokenize() and detokenize() (one checker for both): undefined or { special?: boolean }. */
+export function resolveTokenizeOptions(what: "tokenize" | "detokenize", options: unknown): { special: boolean } {
+    if (options === undefined) return { special: false };
+    if (typeof options !== "object" || options === null || Array.isArray(options)) {
+        throw new PhiTypeError(`${what}() options must be an object such as { special: true }, got ${show(options)}`);
+    }
+    const o = options as Record<string, unknown>;
+    for (const key of Object.keys(o)) {
+        if (!TOKENIZE_KEYS.has(key) && o[key] !== undefined) throw new PhiTypeError(`Unknown ${what}() option "${key}"; known options: ${[...TOKENIZE_KEYS].join(", ")}`);
+    }
+    return { special: o.special === undefined ? false : checkBoolean("special", o.special) };
 }
 
 /** Validates text handed to the tokenizer/generator: a string, well-formed UTF-16, no NUL characters. */
 export function checkText(name: string, value: unknown, { allowEmpty }: { allowEmpty: boolean }): string {
-    if (typeof value !== "string") throw new TypeError(`Expected "${name}" to be a string, got ${typeof value} ${show(value)}`);
-    if (!allowEmpty && value.length === 0) throw new RangeError(`"${name}" is empty; pass at least one character`);
+    if (typeof value !== "string") throw new PhiTypeError(`Expected "${name}" to be a string, got ${typeof value} ${show(value)}`);
+    if (!allowEmpty && value.length === 0) throw new PhiRangeError(`"${name}" is empty; pass at least one character`);
     if (!value.isWellFormed()) {
-        throw new RangeError(`"${name}" contains a lone UTF-16 surrogate (at index ${findLoneSurrogate(value)}); it cannot be encoded as UTF-8. Fix the string, e.g. with .toWellFormed()`);
+        throw new PhiRangeError(`"${name}" contains a lone UTF-16 surrogate (at index ${findLoneSurrogate(value)}); it cannot be encoded as UTF-8. Fix the string, e.g. with .toWellFormed()`);
     }
     const nul = value.indexOf("\u0000");
-    if (nul >= 0) throw new RangeError(`"${name}" contains a NUL character at index ${nul}; remove it`);
+    if (nul >= 0) throw new PhiRangeError(`"${name}" contains a NUL character at index ${nul}; remove it`);
     return value;
 }
 
@@ -72,43 +144,21 @@ function findLoneSurrogate(s: string): number {
 /** Token ids: integers in [0, vocabSize). */
 export function checkTokens(name: string, value: unknown, vocabSize: number): Int32Array {
     if (!Array.isArray(value) && !(value instanceof Int32Array) && !(value instanceof Uint32Array)) {
-        throw new TypeError(`Expected "${name}" to be an array of token ids, got ${show(value)}`);
+        throw new PhiTypeError(`Expected "${name}" to be an array of token ids, got ${show(value)}`);
     }
     const out = new Int32Array(value.length);
     for (let i = 0; i < value.length; i++) {
         const t: unknown = value[i];
         if (typeof t !== "number" || !Number.isInteger(t)) {
-            throw new RangeError(`${name}[${i}] = ${show(t)} is not a token id: token ids are integers from 0 to ${vocabSize - 1}`);
+            throw new PhiRangeError(`${name}[${i}] = ${show(t)} is not a token id: token ids are integers from 0 to ${vocabSize - 1}`);
         }
         if (t < 0 || t >= vocabSize) {
-            throw new RangeError(`${name}[${i}] = ${t} is out of range: this model's token ids are 0 to ${vocabSize - 1}`);
+            throw new PhiRangeError(`${name}[${i}] = ${t} is out of range: this model's token ids are 0 to ${vocabSize - 1}`);
         }
         out[i] = t;
     }
     return out;
 }
-
-export interface ParsedDevice {
-    backend: "auto" | "cpu" | "cuda" | "vulkan" | "metal";
-    ordinal?: number;
-}
-
-const DEVICE_RE = /^(auto|cpu|metal|mps|cuda|vulkan)(?::(\d{1,3}))?$/;
-
-/** "auto" | "cpu" | "cuda" | "cuda:N" | "vulkan" | "vulkan:N" | "metal" ("mps" is Metal, as in PyTorch). */
-export function parseDevice(value: unknown): ParsedDevice {
-    if (value === undefined) return { backend: "auto" };
-    if (typeof value !== "string") throw new TypeError(`Expected "device" to be a string such as "auto", "cpu", "cuda:0", got ${show(value)}`);
-    const m = DEVICE_RE.exec(value.trim().toLowerCase());
-    if (!m || (m[2] !== undefined && !["cuda", "vulkan"].includes(m[1]!))) {
-        throw new RangeError(`Unknown device ${show(value)}: use "auto", "cpu", "cuda", "cuda:N", "vulkan", "vulkan:N" or "metal"`);
-    }
-    const backend = (m[1] === "mps" ? "metal" : m[1]) as ParsedDevice["backend"];
-    return m[2] !== undefined ? { backend, ordinal: Number(m[2]) } : { backend };
-}
-
-/** Default of LoadOptions.repack (chosen from measurements: README "Memory and load time"). */
-export const DEFAULT_REPACK = true;
 
 export interface ResolvedLoadOptions {
     modelPath: string;
@@ -135,39 +185,39 @@ const LOAD_KEYS = new Set(["modelPath", "device", "gpuLayers", "contextSize", "s
 
 function checkFlashAttention(v: unknown): "auto" | "on" | "off" {
     if (v === "auto" || v === "on" || v === "off") return v;
-    throw new TypeError(`Expected "flashAttention" to be "auto", "on" or "off", got ${show(v)}`);
+    throw new PhiTypeError(`Expected "flashAttention" to be "auto", "on" or "off", got ${show(v)}`);
 }
 
+/** Checks PhiModel.load()'s options; what needs the model's header (context sizes, memory) is resolveContext(). */
 export function resolveLoadOptions(options: unknown): ResolvedLoadOptions {
-    if (typeof options !== "object" || options === null) throw new TypeError(`PhiModel.load() expects an options object such as { modelPath: "models/phi-2.Q4_K_M.gguf" }, got ${show(options)}`);
+    if (typeof options !== "object" || options === null) throw new PhiTypeError(`PhiModel.load() expects an options object such as { modelPath: "models/phi-2.Q4_K_M.gguf" }, got ${show(options)}`);
     const o = options as Record<string, unknown>;
     for (const key of Object.keys(o)) {
-        if (!LOAD_KEYS.has(key) && o[key] !== undefined) throw new TypeError(`Unknown PhiModel.load() option "${key}"; known options: ${[...LOAD_KEYS].join(", ")}`);
+        if (!LOAD_KEYS.has(key) && o[key] !== undefined) throw new PhiTypeError(`Unknown PhiModel.load() option "${key}"; known options: ${[...LOAD_KEYS].join(", ")}`);
     }
     if (typeof o.modelPath !== "string" || o.modelPath.length === 0) {
-        throw new TypeError(`Expected "modelPath" to be the path of a GGUF file, got ${show(o.modelPath)}`);
+        throw new PhiTypeError(`Expected "modelPath" to be the path of a GGUF file, got ${show(o.modelPath)}`);
     }
     const device = parseDevice(o.device);
-    let gpuLayers: number | "all" = "all";
-    if (o.gpuLayers !== undefined && o.gpuLayers !== "all") gpuLayers = checkInteger("gpuLayers", o.gpuLayers, 0, 100000);
+    const d = LOAD_DEFAULTS;
     const r: ResolvedLoadOptions = {
         modelPath: o.modelPath,
         device,
         deviceSpec: (o.device as DeviceSpec | undefined) ?? "auto",
-        gpuLayers,
-        sequences: o.sequences === undefined ? 8 : checkInteger("sequences", o.sequences, 1, 256),
-        batchSize: o.batchSize === undefined ? 512 : checkInteger("batchSize", o.batchSize, 1, 65536),
-        threadpool: o.threadpool === undefined ? true : checkBoolean("threadpool", o.threadpool),
-        flashAttention: o.flashAttention === undefined ? "auto" : checkFlashAttention(o.flashAttention),
-        mmap: o.mmap === undefined ? true : checkBoolean("mmap", o.mmap),
-        repack: o.repack === undefined ? DEFAULT_REPACK : checkBoolean("repack", o.repack),
+        gpuLayers: o.gpuLayers === undefined || o.gpuLayers === "all" ? d.gpuLayers : checkOption("gpuLayers", o.gpuLayers),
+        sequences: o.sequences === undefined ? d.sequences : checkOption("sequences", o.sequences),
+        batchSize: o.batchSize === undefined ? d.batchSize : checkOption("batchSize", o.batchSize),
+        threadpool: o.threadpool === undefined ? d.threadpool : checkBoolean("threadpool", o.threadpool),
+        flashAttention: o.flashAttention === undefined ? d.flashAttention : checkFlashAttention(o.flashAttention),
+        mmap: o.mmap === undefined ? d.mmap : checkBoolean("mmap", o.mmap),
+        repack: o.repack === undefined ? d.repack : checkBoolean("repack", o.repack),
     };
-    if (o.contextSize !== undefined) r.contextSize = checkInteger("contextSize", o.contextSize, 1, 1 << 20);
-    if (o.kvCacheSize !== undefined) r.kvCacheSize = checkInteger("kvCacheSize", o.kvCacheSize, 1, 1 << 24);
-    if (o.threads !== undefined) r.threads = checkInteger("threads", o.threads, 1, 1024);
-    if (o.batchThreads !== undefined) r.batchThreads = checkInteger("batchThreads", o.batchThreads, 1, 1024);
+    if (o.contextSize !== undefined) r.contextSize = checkOption("contextSize", o.contextSize);
+    if (o.kvCacheSize !== undefined) r.kvCacheSize = checkOption("kvCacheSize", o.kvCacheSize);
+    if (o.threads !== undefined) r.threads = checkThreads("threads", o.threads);
+    if (o.batchThreads !== undefined) r.batchThreads = checkThreads("batchThreads", o.batchThreads);
     if (o.libraryPath !== undefined) {
-        if (typeof o.libraryPath !== "string" || !o.libraryPath) throw new TypeError(`Expected "libraryPath" to be a folder path, got ${show(o.libraryPath)}`);
+        if (typeof o.libraryPath !== "string" || !o.libraryPath) throw new PhiTypeError(`Expected "libraryPath" to be a folder path, got ${show(o.libraryPath)}`);
         r.libraryPath = o.libraryPath;
     }
     if (o.signal !== undefined) r.signal = checkSignal("signal", o.signal);
@@ -175,8 +225,54 @@ export function resolveLoadOptions(options: unknown): ResolvedLoadOptions {
         checkFunction("onProgress", o.onProgress);
         r.onProgress = o.onProgress as (p: number) => void;
     }
-    if (r.sequences > r.batchSize) throw new RangeError(`"sequences" (${r.sequences}) cannot exceed "batchSize" (${r.batchSize})`);
+    if (r.contextSize !== undefined && r.kvCacheSize !== undefined && r.kvCacheSize < r.contextSize) {
+        throw new PhiRangeError(`"kvCacheSize" (${r.kvCacheSize}) must be at least "contextSize" (${r.contextSize})`);
+    }
+    checkSequences(r.sequences, r.kvCacheSize ?? r.contextSize, r.batchSize, r.kvCacheSize !== undefined ? "kvCacheSize" : "contextSize");
     return r;
+}
+
+/**
+ * llama.cpp aborts the process (GGML_ASSERT n_outputs_max) when sequences exceed min(KV cells, batchSize): see
+ * sequencesProblem() in ./limits.ts. `cells` is undefined while the context size is not known yet.
+ */
+export function checkSequences(sequences: number, cells: number | undefined, batchSize: number, cellsOption: string): void {
+    const problem = sequencesProblem(sequences, cells ?? Infinity, batchSize);
+    if (problem === "batchSize") throw new PhiRangeError(`"sequences" (${sequences}) cannot exceed "batchSize" (${batchSize})`);
+    if (problem === "kvCacheSize") {
+        throw new PhiRangeError(`"sequences" (${sequences}) cannot exceed "${cellsOption}" (${cells}): every sequence needs at least one KV cell; ` +
+            `lower "sequences" or raise "${cellsOption}"`);
+    }
+}
+
+/** The context and KV sizes PhiModel.load() uses. */
+export interface ResolvedContext {
+    contextSize: number;
+    kvCacheSize: number;
+}
+
+/**
+ * The context and KV sizes for a model: contextSize defaults to the training context, kvCacheSize to contextSize.
+ * Refuses, before anything is allocated, sequences that llama.cpp would abort on, and a KV cache larger than all the
+ * memory of what holds it (`memory`: the GPU's when the layers are offloaded, else the machine's RAM), instead of
+ * letting llama.cpp fail with a log line about training context overflow.
+ */
+export function resolveContext(o: ResolvedLoadOptions, hparams: Pick<Phi2HParams, "contextLength" | "blockCount" | "headDim" | "headCountKV">,
+    memory: { bytes: number; where: string } = { bytes: os.totalmem(), where: "this machine's RAM" }): ResolvedContext {
+    const contextSize = o.contextSize ?? hparams.contextLength;
+    const kvCacheSize = o.kvCacheSize ?? contextSize;
+    const kvName = o.kvCacheSize !== undefined ? "kvCacheSize" : "contextSize";
+    if (kvCacheSize < contextSize) throw new PhiRangeError(`"kvCacheSize" (${kvCacheSize}) must be at least "contextSize" (${contextSize})`);
+    checkSequences(o.sequences, kvCacheSize, o.batchSize, o.kvCacheSize !== undefined || o.contextSize !== undefined ? kvName : "the model's context length");
+    const bytes = kvCacheBytes(hparams, kvCacheSize);
+    if (memory.bytes > 0 && bytes > memory.bytes) {
+        const gib = (n: number) => (n / 2 ** 30).toFixed(n < 2 ** 30 ? 2 : 1);
+        throw new PhiRangeError(`"${kvName}" is ${kvCacheSize}: its KV cache would need ${gib(bytes)} GiB ` +
+            `(2 × ${hparams.blockCount} layers × ${Math.ceil(kvCacheSize / 256) * 256} cells × ${hparams.headDim * hparams.headCountKV} values × 2 bytes), ` +
+            `more than all of ${memory.where} (${gib(memory.bytes)} GiB). Lower "${kvName}"`,
+        { details: { kvCacheSize, kvCacheBytes: bytes, memoryBytes: memory.bytes } });
+    }
+    return { contextSize, kvCacheSize };
 }
 
 const GENERATE_KEYS = new Set(["maxTokens", "temperature", "topK", "topP", "minP", "repeatPenalty", "presencePenalty",
@@ -202,34 +298,34 @@ export interface ResolvedGenerateOptions {
 
 export function resolveGenerateOptions(options: unknown): ResolvedGenerateOptions {
     if (options === undefined) options = {};
-    if (typeof options !== "object" || options === null) throw new TypeError(`generate() options must be an object, got ${show(options)}`);
+    if (typeof options !== "object" || options === null) throw new PhiTypeError(`generate() options must be an object, got ${show(options)}`);
     const o = options as Record<string, unknown>;
     for (const key of Object.keys(o)) {
-        if (!GENERATE_KEYS.has(key) && o[key] !== undefined) throw new TypeError(`Unknown generate() option "${key}"; known options: ${[...GENERATE_KEYS].join(", ")}`);
+        if (!GENERATE_KEYS.has(key) && o[key] !== undefined) throw new PhiTypeError(`Unknown generate() option "${key}"; known options: ${[...GENERATE_KEYS].join(", ")}`);
     }
+    const d = GENERATE_DEFAULTS;
     const r: ResolvedGenerateOptions = {
-        maxTokens: o.maxTokens === undefined ? -1 : checkInteger("maxTokens", o.maxTokens, 1, 1 << 24),
-        temperature: o.temperature === undefined ? 0 : checkNumber("temperature", o.temperature, 0, 100),
-        topK: o.topK === undefined ? 0 : checkInteger("topK", o.topK, 0, 1 << 20),
-        topP: o.topP === undefined ? 1 : checkNumber("topP", o.topP, 0, 1, { minExclusive: true }),
-        minP: o.minP === undefined ? 0 : checkNumber("minP", o.minP, 0, 1),
-        repeatPenalty: o.repeatPenalty === undefined ? 1 : checkNumber("repeatPenalty", o.repeatPenalty, 0, 100, { minExclusive: true }),
-        presencePenalty: o.presencePenalty === undefined ? 0 : checkNumber("presencePenalty", o.presencePenalty, -100, 100),
-        frequencyPenalty: o.frequencyPenalty === undefined ? 0 : checkNumber("frequencyPenalty", o.frequencyPenalty, -100, 100),
-        repeatLastN: o.repeatLastN === undefined ? 64 : checkInteger("repeatLastN", o.repeatLastN, 0, 1 << 20),
-        // 0xFFFFFFFF is llama.cpp's "random seed"; a caller's seed is any other uint32.
-        seed: o.seed === undefined ? randomSeed() : checkInteger("seed", o.seed, 0, 0xfffffffe),
+        maxTokens: o.maxTokens === undefined ? d.maxTokens : checkOption("maxTokens", o.maxTokens),
+        temperature: o.temperature === undefined ? d.temperature : checkOption("temperature", o.temperature),
+        topK: o.topK === undefined ? d.topK : checkOption("topK", o.topK),
+        topP: o.topP === undefined ? d.topP : checkOption("topP", o.topP),
+        minP: o.minP === undefined ? d.minP : checkOption("minP", o.minP),
+        repeatPenalty: o.repeatPenalty === undefined ? d.repeatPenalty : checkOption("repeatPenalty", o.repeatPenalty),
+        presencePenalty: o.presencePenalty === undefined ? d.presencePenalty : checkOption("presencePenalty", o.presencePenalty),
+        frequencyPenalty: o.frequencyPenalty === undefined ? d.frequencyPenalty : checkOption("frequencyPenalty", o.frequencyPenalty),
+        repeatLastN: o.repeatLastN === undefined ? d.repeatLastN : checkOption("repeatLastN", o.repeatLastN),
+        seed: o.seed === undefined ? randomSeed() : checkOption("seed", o.seed),
         stop: [],
-        truncate: "error",
-        stopOnAbort: o.stopOnAbort === undefined ? false : checkBoolean("stopOnAbort", o.stopOnAbort),
+        truncate: d.truncate,
+        stopOnAbort: o.stopOnAbort === undefined ? d.stopOnAbort : checkBoolean("stopOnAbort", o.stopOnAbort),
     };
     if (o.stop !== undefined) {
         const stops = typeof o.stop === "string" ? [o.stop] : o.stop;
-        if (!Array.isArray(stops)) throw new TypeError(`Expected "stop" to be a string or an array of strings, got ${show(o.stop)}`);
+        if (!Array.isArray(stops)) throw new PhiTypeError(`Expected "stop" to be a string or an array of strings, got ${show(o.stop)}`);
         r.stop = stops.map((s, i) => checkText(`stop[${i}]`, s, { allowEmpty: false }));
     }
     if (o.truncate !== undefined) {
-        if (o.truncate !== "error" && o.truncate !== "start") throw new RangeError(`Expected "truncate" to be "error" or "start", got ${show(o.truncate)}`);
+        if (o.truncate !== "error" && o.truncate !== "start") throw new PhiRangeError(`Expected "truncate" to be "error" or "start", got ${show(o.truncate)}`);
         r.truncate = o.truncate;
     }
     if (o.signal !== undefined) r.signal = checkSignal("signal", o.signal);
@@ -240,6 +336,7 @@ export function resolveGenerateOptions(options: unknown): ResolvedGenerateOption
     return r;
 }
 
+/** A random seed: any uint32 below llama.cpp's "random" marker (the top of OPTION_SCHEMAS.seed). */
 function randomSeed(): number {
-    return Math.floor(Math.random() * 0xfffffffe);
+    return Math.floor(Math.random() * OPTION_SCHEMAS.seed.maximum!);
 }

@@ -1,18 +1,15 @@
 /** Quantize a GGUF with llama.cpp's own quantizer (llama_model_quantize), off the event loop. */
 import fs from "node:fs";
 import { randomBytes } from "node:crypto";
-import { AbortError, OutputPathError, PhiAgentError } from "../errors.js";
+import { AbortError, OutputPathError, PhiAgentError, PhiRangeError, PhiTypeError } from "../errors.js";
+import { QUANT_TYPES, isQuantType, type QuantType } from "../gguf/types.js";
 import { readAndCheckPhi2 } from "../gguf/validate.js";
 import { defaultThreads, ensureLibrary, loadBinding } from "../native/binding.js";
-import { checkInteger } from "./options.js";
+import { checkOption } from "./options.js";
 import { checkOutputPath } from "./outputPath.js";
 
-/** llama_ftype values (llama.h). */
-export const QUANT_TYPES = {
-    f32: 0, f16: 1, q4_0: 2, q4_1: 3, q8_0: 7, q5_0: 8, q5_1: 9, q2_k: 10, q3_k_m: 12, q4_k_s: 14, q4_k_m: 15,
-    q5_k_s: 16, q5_k_m: 17, q6_k: 18, bf16: 32,
-} as const;
-export type QuantType = keyof typeof QUANT_TYPES;
+/** The quantizer's targets (tag -> llama_ftype), from the one file-type table in src/gguf/types.ts. */
+export { QUANT_TYPES, isQuantType, type QuantType };
 
 export interface QuantizeOptions {
     type: QuantType;
@@ -24,14 +21,15 @@ export interface QuantizeOptions {
 }
 
 export async function quantizeModel(inputPath: string, outputPath: string, options: QuantizeOptions): Promise<void> {
-    if (typeof inputPath !== "string" || !inputPath) throw new TypeError(`Expected "inputPath" to be a GGUF path, got ${String(inputPath)}`);
-    if (typeof outputPath !== "string" || !outputPath) throw new TypeError(`Expected "outputPath" to be a file path, got ${String(outputPath)}`);
-    if (typeof options !== "object" || options === null || !(options.type in QUANT_TYPES)) {
-        throw new RangeError(`Expected "type" to be one of ${Object.keys(QUANT_TYPES).join(", ")}, got ${String(options?.type)}`);
+    if (typeof inputPath !== "string" || !inputPath) throw new PhiTypeError(`Expected "inputPath" to be a GGUF path, got ${String(inputPath)}`);
+    if (typeof outputPath !== "string" || !outputPath) throw new PhiTypeError(`Expected "outputPath" to be a file path, got ${String(outputPath)}`);
+    if (typeof options !== "object" || options === null) throw new PhiTypeError(`quantizeModel() expects an options object such as { type: "q4_k_m" }, got ${String(options)}`);
+    if (!isQuantType(options.type)) {
+        throw new PhiRangeError(`Expected "type" to be one of ${Object.keys(QUANT_TYPES).join(", ")}, got ${JSON.stringify(String(options.type))}`);
     }
     // Output first, before any work: its folder exists, it is not a folder, not the input, not replaced unasked.
     checkOutputPath(outputPath, { inputs: [inputPath], overwrite: options.overwrite === true });
-    const threads = options.threads === undefined ? defaultThreads() : checkInteger("threads", options.threads, 1, 1024);
+    const threads = options.threads === undefined ? defaultThreads() : checkOption("threads", options.threads);
     await readAndCheckPhi2(inputPath); // llama.cpp's quantizer must never see a file it would abort on
     if (options.signal?.aborted) throw new AbortError("Quantization was aborted before it started");
     const binding = loadBinding();

@@ -10,17 +10,23 @@ export interface LoadOptions {
     device?: DeviceSpec;
     /** Layers to offload to the GPU; default: all of them on a GPU, 0 on the CPU. */
     gpuLayers?: number | "all";
-    /** Max tokens per sequence (prompt + generated). Default: the model's training context (2048 for Phi-2). */
+    /** Max tokens per sequence (prompt + generated), 16 or more. Default: the model's training context (2048 for Phi-2). */
     contextSize?: number;
-    /** Max generate() calls decoded together (continuous batching). Default 8. More calls wait their turn. */
+    /**
+     * Max generate() calls decoded together (continuous batching). Default 8. More calls wait their turn. At most
+     * kvCacheSize and batchSize (llama.cpp needs one KV cell and one batch row per sequence).
+     */
     sequences?: number;
-    /** KV cells shared by all sequences. Default: contextSize. A call reserves min(prompt + maxTokens, contextSize). */
+    /**
+     * KV cells shared by all sequences. Default: contextSize. A call reserves min(prompt + maxTokens, contextSize).
+     * Refused when its f16 cache (2 × layers × cells × embedding × 2 bytes) exceeds all memory of the device.
+     */
     kvCacheSize?: number;
     /** Logical batch size for prompt processing. Default 512. */
     batchSize?: number;
-    /** CPU threads for decoding. Default: see defaultThreads(). */
+    /** CPU threads for decoding, at most the logical CPUs (README "Threads"). Default: see defaultThreads(). */
     threads?: number;
-    /** CPU threads for prompt processing. Default: same as threads. */
+    /** CPU threads for prompt processing, at most the logical CPUs. Default: same as threads. */
     batchThreads?: number;
     /**
      * Keep one persistent ggml threadpool for the model's context (default true) instead of letting ggml start and

@@ -15,7 +15,7 @@ import { mkdir, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { randomBytes } from "node:crypto";
 import { OutputPathError } from "../errors.js";
-import { GGMLType, type GGUFKV } from "../gguf/types.js";
+import { GGMLType, QUANT_TYPES, type GGUFKV } from "../gguf/types.js";
 import { kv, writeGGUF, type EmitValues, type GGUFTensorSpec } from "../gguf/writer.js";
 import { readGGUF } from "../gguf/reader.js";
 import { checkPhi2 } from "../gguf/validate.js";
@@ -79,7 +79,6 @@ export interface MakeTestModelResult {
     bytes: number;
 }
 
-const FILE_TYPE: Record<Exclude<TestModelType, "q4_k_m">, number> = { f32: 0, f16: 1, q8_0: 7 };
 const GGML_TYPE: Record<Exclude<TestModelType, "q4_k_m">, number> = { f32: GGMLType.F32, f16: GGMLType.F16, q8_0: GGMLType.Q8_0 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -183,7 +182,7 @@ async function buildSpec(shape: TestModelShape, seed: number, type: Exclude<Test
     const metadata: GGUFKV[] = [
         kv.str("general.architecture", "phi2"),
         kv.str("general.name", `phi2-test-${shape}`),
-        kv.u32("general.file_type", FILE_TYPE[type]),
+        kv.u32("general.file_type", QUANT_TYPES[type]),
         kv.u32("general.quantization_version", 2),
         ...phi2HParamsKV(g),
         ...phi2VocabKV(vocab),

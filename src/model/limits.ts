@@ -1,0 +1,80 @@
+/**
+ * The one definition of every numeric option's range, as typebox schemas. PhiModel's option checks
+ * (./options.ts), PhiAgentProps (src/agent/PhiAgentProps.ts) and the message formats
+ * (src/messages/formats.ts) all read their bounds from here; nothing else spells these numbers.
+ * Cross-field rules that depend on llama.cpp or the machine live next to them below.
+ */
+import os from "node:os";
+import { Type, type TInteger, type TNumber } from "@sinclair/typebox";
+
+/** LLAMA_MAX_SEQ (llama.cpp src/llama-cparams.h): llama.cpp refuses more sequences in one context. */
+export const LLAMA_MAX_SEQ = 256;
+/** Most tokens one sequence can hold (contextSize). Also bounds what one call can generate (maxTokens). */
+export const MAX_CONTEXT = 1 << 20;
+
+/** Ranges of PhiModel.load() / generate() options (and of the agent props and message fields that feed them). */
+export const OPTION_SCHEMAS = {
+    // load
+    contextSize: Type.Integer({ minimum: 16, maximum: MAX_CONTEXT, description: "Max tokens per sequence (prompt + generated)." }),
+    kvCacheSize: Type.Integer({ minimum: 16, maximum: 1 << 24, description: "KV cells shared by all sequences." }),
+    sequences: Type.Integer({ minimum: 1, maximum: LLAMA_MAX_SEQ, description: "Max generate() calls decoded together." }),
+    batchSize: Type.Integer({ minimum: 1, maximum: 65536, description: "Logical batch size for prompt processing." }),
+    /** The hard bound; the machine's bound is threadLimit() (README "Threads"). */
+    threads: Type.Integer({ minimum: 1, maximum: 1024, description: "CPU threads for decoding (at most the logical CPUs)." }),
+    batchThreads: Type.Integer({ minimum: 1, maximum: 1024, description: "CPU threads for prompt processing (at most the logical CPUs)." }),
+    gpuLayers: Type.Integer({ minimum: 0, maximum: 100_000, description: "Layers offloaded to the GPU." }),
+    // generate
+    maxTokens: Type.Integer({ minimum: 1, maximum: MAX_CONTEXT, description: "Max tokens to generate." }),
+    temperature: Type.Number({ minimum: 0, maximum: 100, description: "0 = greedy." }),
+    topK: Type.Integer({ minimum: 0, maximum: 1 << 20, description: "0 = off." }),
+    topP: Type.Number({ exclusiveMinimum: 0, maximum: 1, description: "1 = off." }),
+    minP: Type.Number({ minimum: 0, maximum: 1, description: "0 = off." }),
+    repeatPenalty: Type.Number({ exclusiveMinimum: 0, maximum: 100, description: "1 = off." }),
+    presencePenalty: Type.Number({ minimum: -100, maximum: 100, description: "0 = off." }),
+    frequencyPenalty: Type.Number({ minimum: -100, maximum: 100, description: "0 = off." }),
+    repeatLastN: Type.Integer({ minimum: 0, maximum: 1 << 20, description: "Tokens the penalties look back over." }),
+    // 0xFFFFFFFF is llama.cpp's "random seed"; a caller's seed is any other uint32.
+    seed: Type.Integer({ minimum: 0, maximum: 0xfffffffe, description: "Sampling seed (same seed and options, same text)." }),
+} as const satisfies Record<string, TInteger | TNumber>;
+
+export type NumericOption = keyof typeof OPTION_SCHEMAS;
+
+/** Most stop strings per call (agent props and request payloads). */
+export const MAX_STOP_STRINGS = 16;
+
+/** A copy of an option's schema with its own description (for a field that documents it in its own words). */
+export function optionSchema<K extends NumericOption>(name: K, description?: string): (typeof OPTION_SCHEMAS)[K] {
+    const schema = OPTION_SCHEMAS[name];
+    return (description === undefined ? { ...schema } : { ...schema, description }) as (typeof OPTION_SCHEMAS)[K];
+}
+
+/**
+ * The most ggml threads worth running here: the logical CPUs this process may use. ggml's workers wait for each
+ * other by spinning, so past the CPU count every token waits for threads the OS has descheduled (measured on 2
+ * CPUs, 3 tokens of the tiny model: 7 ms with 2 threads, 756 ms with 3, 2.4 s with 8, 7.1 s with 16: README
+ * "Threads"). Options above it are refused.
+ */
+export function threadLimit(): number {
+    return Math.max(1, typeof os.availableParallelism === "function" ? os.availableParallelism() : os.cpus().length);
+}
+
+/**
+ * llama.cpp's rule for n_seq_max (src/llama-context.cpp): it sizes the output buffer for
+ * n_outputs_max = min(n_ctx, n_batch) rows, where n_ctx is the KV size as passed (before its padding to 256), and
+ * reserves one output row per sequence; more sequences than that fail GGML_ASSERT(n_outputs_max <= ...) and abort
+ * the process. So sequences <= min(kvCacheSize, batchSize). Returns the violated bound's name, or undefined.
+ */
+export function sequencesProblem(sequences: number, kvCacheSize: number, batchSize: number): "kvCacheSize" | "batchSize" | undefined {
+    if (sequences > kvCacheSize) return "kvCacheSize";
+    if (sequences > batchSize) return "batchSize";
+    return undefined;
+}
+
+/**
+ * Bytes of the f16 KV cache llama.cpp allocates for `cells` cells (llama-kv-cache.cpp: one K and one V tensor per
+ * layer of n_embd_k_gqa = headDim × headCountKV values per cell). The cell count is padded to 256 as llama.cpp does.
+ */
+export function kvCacheBytes(hparams: { blockCount: number; headDim: number; headCountKV: number }, cells: number): number {
+    const padded = Math.ceil(cells / 256) * 256;
+    return 2 /* K and V */ * hparams.blockCount * padded * hparams.headDim * hparams.headCountKV * 2 /* f16 */;
+}
