@@ -137,6 +137,42 @@ describe("lifetime", function () {
             expect(out.refused, `some loads found the bad one (refused by the check): ${JSON.stringify(out)}`).to.be.greaterThan(0);
             expect(out.swaps, "one swap per close, two per load that reached llama.cpp").to.equal(out.loaded * 3 + out.refused);
         });
+
+        it("a valid file swapped in during the load: the checked one is loaded (descriptor handoff); the fallback refuses", async function () {
+            const dir = fs.mkdtempSync(path.join(scriptDir, "swap-valid-"));
+            const at = path.join(dir, "model.gguf");
+            const other = path.join(dir, "other.gguf");
+            const spare = path.join(dir, "spare.gguf");
+            await writeGGUF(at, await microPhi2Spec());
+            fs.copyFileSync(modelPath, other); // a valid phi2 file of another shape (tiny: 2 layers, 256 wide)
+            const checkedWidth = (await readGGUF(at)).metadata["phi2.embedding_length"];
+            const otherWidth = (await readGGUF(other)).metadata["phi2.embedding_length"];
+            expect(checkedWidth).to.not.equal(otherWidth);
+            const swap = () => {
+                fs.renameSync(at, spare);
+                fs.renameSync(other, at);
+                fs.renameSync(spare, other);
+            };
+            const loadSwappingOnce = () => {
+                let swapped = false;
+                return PhiModel.load({ modelPath: at, ...LOAD, onProgress: () => { if (!swapped) swap(); swapped = true; } });
+            };
+            const m = await loadSwappingOnce();
+            expect(m.info.embeddingLength, "the model is the file that was checked").to.equal(checkedWidth);
+            await m.generate("Hi", { maxTokens: 2 });
+            await m.dispose();
+            swap(); // the checked file back at the path
+            // without the handoff (Windows), identity and size are compared after the load instead
+            process.env["PHI_AGENT_TEST_FD_HANDOFF"] = "0";
+            try {
+                const err = await loadSwappingOnce().catch((e: unknown) => e);
+                expect(err).to.be.instanceOf(PhiAgentError);
+                expect((err as PhiAgentError).code).to.equal("ERR_LOAD_FAILED");
+                expect((err as Error).message).to.match(/was replaced or changed while it was being loaded/);
+            } finally {
+                delete process.env["PHI_AGENT_TEST_FD_HANDOFF"];
+            }
+        });
     });
 
     describe("a throwing onProgress (item 4)", function () {

@@ -31,9 +31,13 @@ function nativeError(code: string, message: string, caller: Error): Error {
 /**
  * Whether a load hands llama.cpp the descriptor that the GGUF check read (POSIX). On Windows the addon loads the
  * path, and checkSameFile() before and after the load stands in for it (it catches a replaced file, but a file
- * swapped in and out during the load itself can still reach llama.cpp there).
+ * swapped in and out during the load itself can still reach llama.cpp there). Tests turn the handoff off with
+ * PHI_AGENT_TEST_FD_HANDOFF=0 (only under PHI_AGENT_TEST=1) to run that fallback on any platform.
  */
-const FD_HANDOFF = process.platform !== "win32";
+function fdHandoff(): boolean {
+    if (process.env["PHI_AGENT_TEST"] === "1" && process.env["PHI_AGENT_TEST_FD_HANDOFF"] === "0") return false;
+    return process.platform !== "win32";
+}
 
 /** Refuses when `path` no longer names the file that was checked (device, inode, size). */
 async function checkSameFile(path: string, file: CheckedModelFile): Promise<void> {
@@ -89,7 +93,7 @@ export class PhiModel implements AsyncDisposable {
             batchThreads = o.batchThreads ?? threads;
 
             native = new binding.NativeModel();
-            const handoff = FD_HANDOFF;
+            const handoff = fdHandoff();
             if (!handoff) await checkSameFile(o.modelPath, file);
             const onAbort = () => native.abortLoad();
             o.signal?.addEventListener("abort", onAbort, { once: true });
