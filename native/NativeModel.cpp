@@ -35,7 +35,7 @@ struct LoadState {
                 if (loaded) FreeOffThread(env, std::make_shared<LoadedModel>(std::move(loaded)));
                 Napi::Error error = MakeError(env, "ERR_LOAD_FAILED", "onProgress threw (" + callbackMessage +
                                                                           "); the model load was stopped");
-                if (!callbackError.IsEmpty()) error.Set("cause", callbackError.Value());
+                if (!callbackError.IsEmpty()) error.Set("cause", callbackError.Value().Get("value"));
                 deferred.Reject(error.Value());
             } else if (!error.empty()) {
                 deferred.Reject(MakeError(env, aborted ? "ERR_ABORTED" : "ERR_LOAD_FAILED", error).Value());
@@ -49,8 +49,10 @@ struct LoadState {
         } catch (...) {
             // the environment is going away (worker.terminate(), exit): nobody is left to tell
         }
-        callbackError.Reset();
-        ownerRef.Reset();
+        NoThrow([&] {
+            callbackError.Reset();
+            ownerRef.Reset();
+        });
     }
 
     Napi::Promise::Deferred deferred;
@@ -64,7 +66,7 @@ struct LoadState {
     bool aborted = false;
     bool callbackThrew = false;
     std::string callbackMessage;
-    Napi::Reference<Napi::Value> callbackError;
+    Napi::ObjectReference callbackError;  // { value: what onProgress threw } (a reference cannot hold a primitive)
 };
 
 // The message of a thrown JS value, without throwing again.
@@ -239,7 +241,11 @@ private:
                             state->callbackThrew = true;
                             owner->abortLoad = true;
                             state->callbackMessage = DescribeThrown(env, e.Value());
-                            NoThrow([&] { state->callbackError = Napi::Reference<Napi::Value>::New(e.Value(), 1); });
+                            NoThrow([&] {
+                                Napi::Object holder = Napi::Object::New(env);
+                                holder.Set("value", static_cast<Napi::Value>(e.Value()));
+                                state->callbackError = Napi::Persistent(holder);
+                            });
                         } catch (...) {
                             state->callbackThrew = true;
                             owner->abortLoad = true;
@@ -364,7 +370,7 @@ Napi::Value NativeModel::Load(const Napi::CallbackInfo& info) {
         return env.Undefined();
     }
     if (model_ || loading) {
-        MakeError(env, "ERR_INVALID_ARGUMENT", "this NativeModel is already loaded").ThrowAsJavaScriptException();
+        MakeError(env, "ERR_INVALID_STATE", "this NativeModel is already loaded").ThrowAsJavaScriptException();
         return env.Undefined();
     }
     LoadBaton baton;
@@ -519,7 +525,7 @@ Napi::Value NativeModel::Detokenize(const Napi::CallbackInfo& info) {
 Napi::Value NativeModel::Dispose(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (model_ && model_->engines.load() > 0) {
-        MakeError(env, "ERR_INVALID_ARGUMENT", "close the model's engines before disposing it").ThrowAsJavaScriptException();
+        MakeError(env, "ERR_INVALID_STATE", "close the model's engines before disposing it").ThrowAsJavaScriptException();
         return env.Undefined();
     }
     if (loading) abortLoad = true;

@@ -187,6 +187,10 @@ describe("lifetime", function () {
                 expect((first as PhiAgentError).code).to.equal("ERR_LOAD_FAILED");
                 expect((first as PhiAgentError).message).to.match(/onProgress threw \(boom\)/);
                 expect((first as PhiAgentError).cause).to.equal(boom);
+                // whatever it throws is the cause
+                const text = await PhiModel.load({ modelPath, ...LOAD, onProgress: () => { throw "text"; } }).catch((e: unknown) => e);
+                expect((text as PhiAgentError).code).to.equal("ERR_LOAD_FAILED");
+                expect((text as PhiAgentError).cause).to.equal("text");
                 // a callback that throws only once the weights are in (progress 1) rejects the load too
                 const late = await PhiModel.load({ modelPath, ...LOAD, onProgress: (p) => { if (p >= 1) throw new Error("late"); } })
                     .catch((e: unknown) => e);
