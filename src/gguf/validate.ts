@@ -379,7 +379,7 @@ export async function inspectGGUF(path: string, options?: ReadGGUFOptions): Prom
     return { header, summary: summarizeGGUF(header) };
 }
 
-/** readGGUF + checkPhi2: what runs before every native load. */
+/** readGGUF + checkPhi2 by path (PhiModel.load uses openAndCheckPhi2, which keeps the checked descriptor for the load). */
 export async function readAndCheckPhi2(path: string, options?: ReadGGUFOptions): Promise<{ header: GGUFHeader; hparams: Phi2HParams }> {
     const header = await readGGUF(path, options);
     return { header, hparams: checkPhi2(header) };
