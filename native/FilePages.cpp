@@ -12,10 +12,10 @@
 #include <cstdio>
 #endif
 
-FilePages::FilePages(const std::string& path) {
+FilePages::FilePages(const std::string& path, int fd) {
 #if defined(__linux__)
     struct stat st {};
-    if (::stat(path.c_str(), &st) == 0) {
+    if ((fd >= 0 ? ::fstat(fd, &st) : ::stat(path.c_str(), &st)) == 0) {
         device_ = (uint64_t)st.st_dev;
         inode_ = (uint64_t)st.st_ino;
         size_ = (uint64_t)st.st_size;
@@ -23,6 +23,7 @@ FilePages::FilePages(const std::string& path) {
     }
 #else
     (void)path;
+    (void)fd;
 #endif
 }
 

@@ -17,7 +17,8 @@
 
 class FilePages {
 public:
-    explicit FilePages(const std::string& path);  // records the file's identity (device, inode, size)
+    // Records the file's identity (device, inode, size): of the open descriptor `fd` when given, else of `path`.
+    explicit FilePages(const std::string& path, int fd = -1);
     // Drops this process's pages of every mapping of the file that hold file offsets below `upTo` (default: all);
     // returns the bytes advised (0 when none, or when unsupported). noexcept: called from llama.cpp's progress
     // callback, a C frame.

@@ -135,6 +135,8 @@ const LlamaApi& LlamaLib::Load(const std::string& dirString) {
     }
     PHI_LLAMA_FUNCTIONS(PHI_RESOLVE)
 #undef PHI_RESOLVE
+    api.llama_model_load_from_file_ptr =
+        reinterpret_cast<decltype(api.llama_model_load_from_file_ptr)>(FindSymbol(llama, "llama_model_load_from_file_ptr"));
     if (!missing.empty()) {
         throw std::runtime_error(llamaPath.string() + " is not the llama.cpp release this addon was built for: missing " +
                                  missing);

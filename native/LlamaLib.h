@@ -92,6 +92,9 @@ struct LlamaApi {
     // registry after the backends load; null when that backend has none (then contexts use per-graph threads).
     decltype(&::ggml_threadpool_new) cpu_threadpool_new = nullptr;
     decltype(&::ggml_threadpool_free) cpu_threadpool_free = nullptr;
+    // Optional (older releases lack it): loads from an open FILE, which lets a load read the very file that
+    // src/gguf/validate.ts checked. Null: NativeModel falls back to /proc/self/fd/N (/dev/fd/N on macOS).
+    decltype(&::llama_model_load_from_file_ptr) llama_model_load_from_file_ptr = nullptr;
 };
 
 // The one loaded library set of this process. llama.cpp keeps global state (backend registry, logging), so a

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "NativeModel.h"
@@ -29,7 +30,8 @@ struct Event {
     double queuedMs = 0;
 };
 
-void CallJs(Napi::Env env, Napi::Function fn, Event* event) {
+// The body of CallJs (below), which keeps exceptions from crossing the thread-safe function's C frame.
+void CallJsBody(Napi::Env env, Napi::Function fn, Event* event) {
     std::unique_ptr<Event> owned(event);
     if (env == nullptr || fn.IsEmpty()) return;  // environment shutting down
     Napi::Object payload = Napi::Object::New(env);
@@ -62,6 +64,15 @@ void CallJs(Napi::Env env, Napi::Function fn, Event* event) {
     fn.Call({Napi::String::New(env, "done"), payload});
 }
 
+void CallJs(Napi::Env env, Napi::Function fn, Event* event) {
+    try {
+        CallJsBody(env, fn, event);
+    } catch (...) {
+        // src/model/PhiModel.ts's callback does not throw; if it ever does, or the environment is going away, the
+        // exception must stop here (past this frame it would be an uncaught N-API callback exception).
+    }
+}
+
 class InitWorker : public Napi::AsyncWorker {
 public:
     InitWorker(Napi::Env env, NativeEngine* engine, Napi::Object self)
@@ -79,12 +90,14 @@ public:
         }
     }
     void OnOK() override {
-        Napi::Object out = Napi::Object::New(Env());
-        out.Set("threadpool", Napi::Boolean::New(Env(), engine_->HasThreadpool()));
-        deferred_.Resolve(out);
+        NoThrow([&] {
+            Napi::Object out = Napi::Object::New(Env());
+            out.Set("threadpool", Napi::Boolean::New(Env(), engine_->HasThreadpool()));
+            deferred_.Resolve(out);
+        });
     }
     void OnError(const Napi::Error& error) override {
-        deferred_.Reject(MakeError(Env(), "ERR_LOAD_FAILED", error.Message()).Value());
+        NoThrow([&] { deferred_.Reject(MakeError(Env(), "ERR_LOAD_FAILED", error.Message()).Value()); });
     }
 
 private:
@@ -104,14 +117,14 @@ public:
     }
     Napi::Promise Promise() { return deferred_.Promise(); }
     void Execute() override {
-        try {
-            engine_->StopAndJoin();
-        } catch (...) {
-        }
+        engine_->StopAndJoin();
+        engine_->ReleaseModel();  // off the JS thread: the last owner frees the weights here
     }
     void OnOK() override {
-        onDone_();
-        deferred_.Resolve(Env().Undefined());
+        NoThrow([&] {
+            onDone_();
+            deferred_.Resolve(Env().Undefined());
+        });
     }
 
 private:
@@ -134,7 +147,23 @@ float GetFloat(Napi::Object o, const char* key, float fallback) {
     return v.IsNumber() ? v.As<Napi::Number>().FloatValue() : fallback;
 }
 
-void EnvCleanup(void* data) { static_cast<NativeEngine*>(data)->StopAndJoin(); }
+// worker.terminate() or process exit with the engine still open: stop its thread before the environment goes.
+void EnvCleanup(void* data) noexcept { static_cast<NativeEngine*>(data)->StopAndJoin(); }
+
+// PHI_AGENT_TEST_FAULT=engine-throw:N, read only under PHI_AGENT_TEST=1 (test/setup.ts): the engine thread throws at
+// its Nth loop iteration (test/lifetime.test.ts). -1 when off.
+int64_t TestFaultAt() {
+    const char* test = std::getenv("PHI_AGENT_TEST");
+    const char* fault = std::getenv("PHI_AGENT_TEST_FAULT");
+    if (test == nullptr || std::string(test) != "1" || fault == nullptr) return -1;
+    const std::string value(fault), prefix("engine-throw:");
+    if (value.compare(0, prefix.size(), prefix) != 0) return -1;
+    try {
+        return std::max<int64_t>(1, std::stoll(value.substr(prefix.size())));
+    } catch (...) {
+        return -1;
+    }
+}
 
 }  // namespace
 
@@ -160,8 +189,8 @@ NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
         return;
     }
     Napi::Object modelObject = info[0].As<Napi::Object>();
-    model_ = Napi::ObjectWrap<NativeModel>::Unwrap(modelObject);
-    if (model_ == nullptr || model_->Get() == nullptr) {
+    NativeModel* model = Napi::ObjectWrap<NativeModel>::Unwrap(modelObject);
+    if (model == nullptr || model->Get() == nullptr) {
         MakeError(env, "ERR_DISPOSED", "the model is not loaded").ThrowAsJavaScriptException();
         return;
     }
@@ -183,24 +212,30 @@ NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
         Napi::RangeError::New(env, "invalid engine parameters").ThrowAsJavaScriptException();
         return;
     }
-    modelRef_ = Napi::Persistent(modelObject);
-    model_->Retain();
+    model_ = model->Shared();  // our own owner: the weights outlive this engine whatever is finalized first
+    model_->engines++;
+    modelCounted_ = true;
+    faultAt_ = TestFaultAt();
     seqUsed_.assign(params_.sequences, false);
     napi_add_env_cleanup_hook(env, EnvCleanup, this);
     cleanupHook_ = true;
 }
 
+// Runs on the JS thread: at GC of an engine never closed, or when the environment goes (its cleanup hook already
+// stopped the thread). Must not throw: a destructor is noexcept, and this one runs inside a finalizer's C frame.
 NativeEngine::~NativeEngine() {
-    if (cleanupHook_) napi_remove_env_cleanup_hook(Env(), EnvCleanup, this);
-    if (!cleanupHook_) return;  // the constructor failed before owning anything
-    StopAndJoin();
-    if (!closed_) {
-        closed_ = true;
-        model_->Release();
+    try {
+        if (cleanupHook_) napi_remove_env_cleanup_hook(Env(), EnvCleanup, this);
+        cleanupHook_ = false;
+    } catch (...) {
     }
+    StopAndJoin();
+    ReleaseModel();
 }
 
 void NativeEngine::CreateContext() {
+    std::lock_guard<std::mutex> life(lifeMutex_);
+    if (stopped_) throw std::runtime_error("the engine was closed before its context was created");
     const LlamaApi& api = LlamaLib::Api();
     LlamaLib::ClearLastLog();
     llama_context_params cp = api.llama_context_default_params();
@@ -233,31 +268,59 @@ void NativeEngine::CreateContext() {
     thread_ = std::thread([this] { Run(); });
 }
 
-void NativeEngine::StopAndJoin() {
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        stopping_ = true;
-    }
-    wake_.notify_all();
-    if (thread_.joinable()) thread_.join();
-    // Anything still queued (the thread never ran, or raced with stop) gets an answer too.
-    std::deque<std::shared_ptr<Request>> left;
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        left.swap(waiting_);
-    }
-    for (auto& r : left) Fail(r, "ERR_DISPOSED", "the model was disposed before this generation finished");
-    if (LlamaLib::IsLoaded()) {
-        if (batchAllocated_) {
-            LlamaLib::Api().llama_batch_free(batch_);
-            batchAllocated_ = false;
+void NativeEngine::ReleaseModel() noexcept {
+    try {
+        std::lock_guard<std::mutex> life(lifeMutex_);
+        if (modelCounted_) {
+            modelCounted_ = false;
+            model_->engines--;
         }
-        ctx_.reset();
-        pool_.reset();
+        model_.reset();
+    } catch (...) {
+    }
+}
+
+void NativeEngine::StopAndJoin() noexcept {
+    try {
+        std::lock_guard<std::mutex> life(lifeMutex_);  // a second caller waits here until the first is done
+        stopped_ = true;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        if (thread_.joinable()) thread_.join();
+        // Anything still queued (the thread never ran, or raced with stop) gets an answer too.
+        std::deque<std::shared_ptr<Request>> left;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            left.swap(waiting_);
+        }
+        for (auto& r : left) Fail(r, "ERR_DISPOSED", "the model was disposed before this generation finished");
+        if (LlamaLib::IsLoaded()) {
+            if (batchAllocated_) {
+                LlamaLib::Api().llama_batch_free(batch_);
+                batchAllocated_ = false;
+            }
+            ctx_.reset();
+            pool_.reset();
+        }
+    } catch (...) {
+        // nothing here throws in practice (allocation failures aside); a noexcept caller (cleanup hook,
+        // destructor) must never see it
     }
 }
 
 Napi::Value NativeEngine::InitContext(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (initStarted_ || closed_) {  // a second thread_ would std::terminate; a closed engine has nothing to init
+        auto deferred = Napi::Promise::Deferred::New(env);
+        deferred.Reject(MakeError(env, closed_ ? "ERR_DISPOSED" : "ERR_INVALID_STATE",
+                                  closed_ ? "the engine was closed" : "init() was already called on this engine")
+                            .Value());
+        return deferred.Promise();
+    }
+    initStarted_ = true;
     auto* worker = new InitWorker(info.Env(), this, info.This().As<Napi::Object>());
     Napi::Promise promise = worker->Promise();
     worker->Queue();
@@ -270,6 +333,15 @@ Napi::Value NativeEngine::Submit(const Napi::CallbackInfo& info) {
     if (stopping_ || closed_) {
         MakeError(env, "ERR_DISPOSED", "the model was disposed").ThrowAsJavaScriptException();
         return env.Undefined();
+    }
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (failed_) {  // the engine thread is gone: nothing would ever answer this request
+            MakeError(env, "ERR_GENERATION_FAILED", "the native decode loop stopped after an error (" + failure_ +
+                                                         "); dispose this model and load it again")
+                .ThrowAsJavaScriptException();
+            return env.Undefined();
+        }
     }
     if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsObject() || !info[2].IsFunction() ||
         info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
@@ -350,8 +422,6 @@ Napi::Value NativeEngine::Close(const Napi::CallbackInfo& info) {
     }
     closed_ = true;
     auto* worker = new CloseWorker(env, this, info.This().As<Napi::Object>(), [this] {
-        model_->Release();
-        modelRef_.Reset();
         if (cleanupHook_) napi_remove_env_cleanup_hook(Env(), EnvCleanup, this);
         cleanupHook_ = false;
     });
@@ -380,27 +450,41 @@ bool NativeEngine::AbortCallback(void* data) noexcept {
 }
 
 void NativeEngine::Run() {
+    std::string failure;
     try {
-        for (;;) {
+        for (int64_t iteration = 1;; iteration++) {
             {
                 std::unique_lock<std::mutex> lock(mutex_);
                 wake_.wait(lock, [this] { return stopping_.load() || !waiting_.empty() || !active_.empty(); });
                 if (stopping_) break;
             }
+            if (iteration == faultAt_) throw std::runtime_error("test fault injected by PHI_AGENT_TEST_FAULT");
             Admit();
             if (!active_.empty()) Step();
         }
     } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        for (auto& r : std::vector<std::shared_ptr<Request>>(active_)) Fail(r, "ERR_GENERATION_FAILED", e.what());
+        failure = e.what();
     } catch (...) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        for (auto& r : std::vector<std::shared_ptr<Request>>(active_))
-            Fail(r, "ERR_GENERATION_FAILED", "unknown native exception");
+        failure = "unknown native exception";
     }
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& r : std::vector<std::shared_ptr<Request>>(active_))
-        Fail(r, "ERR_DISPOSED", "the model was disposed during this generation");
+    try {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!failure.empty()) {
+            // This thread ends here: every request it holds or would take fails now, and Submit refuses new ones,
+            // so no promise waits forever and every thread-safe function is released (the event loop can exit).
+            failed_ = true;
+            failure_ = failure;
+            for (auto& r : std::vector<std::shared_ptr<Request>>(active_))
+                Fail(r, "ERR_GENERATION_FAILED", "generation failed in native code: " + failure);
+            std::deque<std::shared_ptr<Request>> left;
+            left.swap(waiting_);
+            for (auto& r : left)
+                Fail(r, "ERR_GENERATION_FAILED", "the native decode loop stopped after an error (" + failure + ")");
+        }
+        for (auto& r : std::vector<std::shared_ptr<Request>>(active_))
+            Fail(r, "ERR_DISPOSED", "the model was disposed during this generation");
+    } catch (...) {
+    }
 }
 
 void NativeEngine::Admit() {

@@ -83,10 +83,15 @@ public:
     explicit NativeEngine(const Napi::CallbackInfo& info);
     ~NativeEngine() override;
 
-    // Used by the init/close workers.
+    // Used by the init/close workers (libuv pool threads) and the environment's cleanup hook.
     void CreateContext();  // throws std::runtime_error
     bool HasThreadpool() const { return pool_ != nullptr; }
-    void StopAndJoin();
+    // Stops and joins the engine thread, answers every request left and frees the context. Idempotent and
+    // thread-safe: close() (a pool thread), the cleanup hook of worker.terminate()/exit and the destructor may all
+    // call it, at the same time too; the first does the work, the others wait for it.
+    void StopAndJoin() noexcept;
+    // Gives up this engine's owner of the model (the last owner frees it). Idempotent, thread-safe.
+    void ReleaseModel() noexcept;
 
 private:
     Napi::Value InitContext(const Napi::CallbackInfo& info);  // () => Promise<{ kvSize, batchSize, sequences }>
@@ -106,8 +111,9 @@ private:
     void ReleaseSequence(Request& r);
     static bool AbortCallback(void* data) noexcept;
 
-    NativeModel* model_ = nullptr;
-    Napi::ObjectReference modelRef_;
+    // This engine's owner of the model's weights and vocabulary (shared with the NativeModel and other engines).
+    SharedModel model_;
+    bool modelCounted_ = false;  // this engine is counted in model_->engines (guarded by lifeMutex_)
     EngineParams params_;
     // Set by CreateContext() when params_.threadpool and the CPU backend provides one. Declared before ctx_: the
     // context uses it, so it must outlive it.
@@ -126,6 +132,17 @@ private:
     std::atomic<bool> stopping_{false};
     uint32_t nextId_ = 1;
     std::thread thread_;
-    bool closed_ = false;
-    bool cleanupHook_ = false;
+    // Guards the engine's life: creating the context and thread (CreateContext), and stopping and freeing them
+    // (StopAndJoin, ReleaseModel), which pool threads and the environment's cleanup may run at once.
+    std::mutex lifeMutex_;
+    bool stopped_ = false;   // StopAndJoin ran (guarded by lifeMutex_); CreateContext refuses afterwards
+    bool initStarted_ = false;  // JS thread only: init() was called
+    bool closed_ = false;       // JS thread only: close() was called
+    bool cleanupHook_ = false;  // JS thread only
+    // Set (under mutex_) when the engine thread ended on an exception: Submit refuses new work with this message.
+    bool failed_ = false;
+    std::string failure_;
+    // Test-only fault injection (PHI_AGENT_TEST=1 and PHI_AGENT_TEST_FAULT=engine-throw:N): the engine thread
+    // throws at its Nth loop iteration, to exercise Run()'s error path. -1: off.
+    int64_t faultAt_ = -1;
 };

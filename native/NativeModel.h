@@ -11,6 +11,9 @@
 
 struct LoadBaton {  // everything the load needs, copied off the JS values before queueing
     std::string path;
+    // A duplicate of the descriptor that src/gguf/validate.ts read and checked (-1: open `path`). The load reads this
+    // very file, whatever happens to `path` meanwhile (renames, swaps); the load worker closes it.
+    int fd = -1;
     int32_t gpuLayers = 0;
     int32_t deviceIndex = -1;  // index into ggml's device list; -1 = CPU only
     bool useMmap = true;
@@ -23,31 +26,25 @@ public:
     explicit NativeModel(const Napi::CallbackInfo& info);
     ~NativeModel() override;
 
-    llama_model* Get() const { return model_.get(); }
-    const llama_vocab* Vocab() const { return vocab_; }
-    int32_t NVocab() const { return nVocab_; }
-    // Engines created on this model; the model is freed only when none is left.
-    void Retain() { engines_++; }
-    void Release() { engines_--; }
+    // The loaded model (null before load and after dispose); engines keep their own owner of it.
+    const SharedModel& Shared() const { return model_; }
+    llama_model* Get() const { return model_ ? model_->Get() : nullptr; }
 
-    // Used by the load worker (off the main thread): set on success.
+    // Set by the load worker on the JS thread (OnOK / OnError).
     void SetLoaded(ModelPtr model);
     std::atomic<bool> abortLoad{false};
-    std::atomic<bool> loading{false};
+    bool loading = false;  // JS thread only
 
 private:
-    Napi::Value Load(const Napi::CallbackInfo& info);       // (path, {gpuLayers, deviceIndex, mmap}, onProgress?) => Promise<void>
+    Napi::Value Load(const Napi::CallbackInfo& info);       // (path, {fd?, gpuLayers, deviceIndex, mmap, repack}, onProgress?) => Promise<void>
     Napi::Value AbortLoad(const Napi::CallbackInfo& info);  // () => void
     Napi::Value Info(const Napi::CallbackInfo& info);       // () => metadata object
     Napi::Value Meta(const Napi::CallbackInfo& info);       // (key) => string | undefined
     Napi::Value Tokenize(const Napi::CallbackInfo& info);   // (text, special) => Int32Array
     Napi::Value Detokenize(const Napi::CallbackInfo& info); // (Int32Array, special) => string
-    Napi::Value Dispose(const Napi::CallbackInfo& info);    // () => void (engines must be closed first)
+    Napi::Value Dispose(const Napi::CallbackInfo& info);    // () => Promise<void> (engines must be closed first)
 
     bool CheckLoaded(Napi::Env env);
 
-    ModelPtr model_;
-    const llama_vocab* vocab_ = nullptr;
-    int32_t nVocab_ = 0;
-    std::atomic<int> engines_{0};
+    SharedModel model_;
 };

@@ -95,9 +95,11 @@ public:
             SetError("quantize failed with an unknown native exception");
         }
     }
-    void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+    void OnOK() override {
+        NoThrow([&] { deferred_.Resolve(Env().Undefined()); });
+    }
     void OnError(const Napi::Error& error) override {
-        deferred_.Reject(MakeError(Env(), "ERR_QUANTIZE_FAILED", error.Message()).Value());
+        NoThrow([&] { deferred_.Reject(MakeError(Env(), "ERR_QUANTIZE_FAILED", error.Message()).Value()); });
     }
 
 private:

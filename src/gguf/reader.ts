@@ -348,6 +348,15 @@ export async function readGGUF(path: string, options: ReadGGUFOptions = {}): Pro
     }
 }
 
+/**
+ * readGGUF through a handle the caller opened (and closes): the header of exactly that open file, whatever
+ * happens to its path meanwhile. `path` is for messages.
+ */
+export async function readGGUFFromHandle(fh: FileHandle, path: string, options: ReadGGUFOptions = {}): Promise<GGUFHeader> {
+    const { size } = await fh.stat();
+    return parse(new BoundedReader(fh, size, path, options.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES), path);
+}
+
 async function parse(r: BoundedReader, path: string): Promise<GGUFHeader> {
     const fileSize = r.fileSize;
     if (fileSize === 0) r.fail(`not a GGUF file (magic missing: the file is empty)`);

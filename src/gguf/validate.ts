@@ -10,7 +10,8 @@
  * llama_model_base::create_tensor_qkv; hparam rules follow llama_model_base::load_hparams.
  */
 import { GGUFError } from "../errors.js";
-import { readGGUF, type ReadGGUFOptions } from "./reader.js";
+import type { FileHandle } from "node:fs/promises";
+import { openModelFile, readGGUF, readGGUFFromHandle, type ReadGGUFOptions } from "./reader.js";
 import {
     GGMLType, GGUFValueType, LLAMA_FILE_TYPE_NAMES, ggmlTypeName, ggufValueTypeName,
     type GGUFHeader, type GGUFKV, type GGUFTensorInfo,
@@ -378,8 +379,34 @@ export async function inspectGGUF(path: string, options?: ReadGGUFOptions): Prom
     return { header, summary: summarizeGGUF(header) };
 }
 
-/** readGGUF + checkPhi2: what runs before every native load. */
+/** readGGUF + checkPhi2 by path (PhiModel.load uses openAndCheckPhi2, which keeps the checked descriptor for the load). */
 export async function readAndCheckPhi2(path: string, options?: ReadGGUFOptions): Promise<{ header: GGUFHeader; hparams: Phi2HParams }> {
     const header = await readGGUF(path, options);
     return { header, hparams: checkPhi2(header) };
+}
+
+/** An open model file: the handle, and the identity of the file it reads. */
+export interface CheckedModelFile {
+    fh: FileHandle;
+    dev: number;
+    ino: number;
+    size: number;
+}
+
+/**
+ * readAndCheckPhi2 through one open descriptor, which it returns open: a load that reads this descriptor (see
+ * PhiModel.load) reads exactly the bytes that were checked, even if the path is renamed or replaced meanwhile.
+ * The caller closes `file.fh` (on success; on a throw it is closed here).
+ */
+export async function openAndCheckPhi2(path: string, options?: ReadGGUFOptions): Promise<{ header: GGUFHeader; hparams: Phi2HParams; file: CheckedModelFile }> {
+    const { fh } = await openModelFile(path);
+    try {
+        const st = await fh.stat();
+        if (!st.isFile()) throw new GGUFError("not a regular file", path, "ERR_MODEL_NOT_FOUND");
+        const header = await readGGUFFromHandle(fh, path, options);
+        return { header, hparams: checkPhi2(header), file: { fh, dev: st.dev, ino: st.ino, size: st.size } };
+    } catch (err) {
+        await fh.close().catch(() => undefined);
+        throw err;
+    }
 }

@@ -7,8 +7,8 @@ import path from "node:path";
 import os from "node:os";
 import { AbortError, ContextOverflowError, DisposedError, PhiAgentError, PhiRangeError, type PhiErrorCode } from "../errors.js";
 import { fileTypeTag } from "../gguf/types.js";
-import { readAndCheckPhi2 } from "../gguf/validate.js";
-import { defaultThreads, loadBinding, type NativeEngine, type NativeModel, type NativeDonePayload } from "../native/binding.js";
+import { openAndCheckPhi2, type CheckedModelFile } from "../gguf/validate.js";
+import { defaultThreads, loadBinding, type NativeEngine, type NativeModel, type NativeDonePayload, type NativeDevice } from "../native/binding.js";
 import { selectDevice } from "./devices.js";
 import { kvCacheBytes } from "./limits.js";
 import { checkText, checkTokens, resolveContext, resolveGenerateOptions, resolveLoadOptions, resolveTokenizeOptions, type ResolvedGenerateOptions } from "./options.js";
@@ -25,6 +25,27 @@ function nativeError(code: string, message: string, caller: Error): Error {
     if (code === "ERR_DISPOSED") return withCallerStack(new DisposedError(), caller);
     if (code === "ERR_ABORTED") return withCallerStack(new AbortError(message), caller);
     return withCallerStack(new PhiAgentError((code || "ERR_GENERATION_FAILED") as PhiErrorCode, message), caller);
+}
+
+/**
+ * Whether a load hands llama.cpp the descriptor that the GGUF check read (POSIX). On Windows the addon loads the
+ * path, and checkSameFile() before and after the load stands in for it (it catches a replaced file, but a file
+ * swapped in and out during the load itself can still reach llama.cpp there). Tests turn the handoff off with
+ * PHI_AGENT_TEST_FD_HANDOFF=0 (only under PHI_AGENT_TEST=1) to run that fallback on any platform.
+ */
+function fdHandoff(): boolean {
+    if (process.env["PHI_AGENT_TEST"] === "1" && process.env["PHI_AGENT_TEST_FD_HANDOFF"] === "0") return false;
+    return process.platform !== "win32";
+}
+
+/** Refuses when `path` no longer names the file that was checked (device, inode, size). */
+async function checkSameFile(path: string, file: CheckedModelFile): Promise<void> {
+    const now = await fs.promises.stat(path).catch(() => undefined);
+    if (!now || now.dev !== file.dev || now.ino !== file.ino || now.size !== file.size) {
+        throw new PhiAgentError("ERR_LOAD_FAILED",
+            `${path} was replaced or changed while it was being loaded; load it again once nothing writes to it`,
+            { details: { path } });
+    }
 }
 
 /** A stream of generated text; `result` settles when generation ends. Breaking out of the loop cancels it. */
@@ -51,33 +72,53 @@ export class PhiModel implements AsyncDisposable {
         const o = resolveLoadOptions(options);
         if (o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted before it started"), caller);
 
-        const { header, hparams } = await readAndCheckPhi2(o.modelPath);
-        if (o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted before it started"), caller);
-
-        const binding = loadBinding();
-        const { device, libraryDir } = selectDevice(o.device, o.libraryPath);
-        const gpuLayers = device.type === "cpu" ? 0 : o.gpuLayers === "all" ? hparams.blockCount + 1 : o.gpuLayers;
-        const kvOnGpu = device.type !== "cpu" && gpuLayers > hparams.blockCount && device.memoryTotal > 0;
-        const { contextSize, kvCacheSize: kvSize } = resolveContext(o, hparams, kvOnGpu
-            ? { bytes: device.memoryTotal, where: `the memory of ${device.name}` }
-            : { bytes: os.totalmem(), where: "this machine's RAM" });
-        const threads = o.threads ?? defaultThreads();
-        const batchThreads = o.batchThreads ?? threads;
-
-        const native = new binding.NativeModel();
-        const onAbort = () => native.abortLoad();
-        o.signal?.addEventListener("abort", onAbort, { once: true });
+        // One open descriptor from the check to the end of the load: llama.cpp reads the very file that was checked
+        // (a rename or swap of the path meanwhile changes nothing), and the descriptor stays open until the load ends.
+        const { header, hparams, file } = await openAndCheckPhi2(o.modelPath);
+        let binding: ReturnType<typeof loadBinding>, device: NativeDevice, libraryDir: string, native: NativeModel;
+        let gpuLayers: number, contextSize: number, kvSize: number, threads: number, batchThreads: number;
         try {
-            await native.load(o.modelPath, { gpuLayers, deviceIndex: device.type === "cpu" ? -1 : device.index, mmap: o.mmap, repack: o.repack }, o.onProgress);
-        } catch (err) {
-            const e = err as Error & { code?: string };
-            if (e.code === "ERR_ABORTED" || o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted", err), caller);
-            throw withCallerStack(new PhiAgentError("ERR_LOAD_FAILED", e.message, { cause: err }), caller);
+            if (o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted before it started"), caller);
+            binding = loadBinding();
+            ({ device, libraryDir } = selectDevice(o.device, o.libraryPath));
+            gpuLayers = device.type === "cpu" ? 0 : o.gpuLayers === "all" ? hparams.blockCount + 1 : o.gpuLayers;
+            const kvOnGpu = device.type !== "cpu" && gpuLayers > hparams.blockCount && device.memoryTotal > 0;
+            ({ contextSize, kvCacheSize: kvSize } = resolveContext(o, hparams, kvOnGpu
+                ? { bytes: device.memoryTotal, where: `the memory of ${device.name}` }
+                : { bytes: os.totalmem(), where: "this machine's RAM" }));
+            threads = o.threads ?? defaultThreads();
+            batchThreads = o.batchThreads ?? threads;
+
+            native = new binding.NativeModel();
+            const handoff = fdHandoff();
+            if (!handoff) await checkSameFile(o.modelPath, file);
+            const onAbort = () => native.abortLoad();
+            o.signal?.addEventListener("abort", onAbort, { once: true });
+            try {
+                await native.load(o.modelPath, {
+                    fd: handoff ? file.fh.fd : undefined,
+                    gpuLayers, deviceIndex: device.type === "cpu" ? -1 : device.index, mmap: o.mmap, repack: o.repack,
+                }, o.onProgress);
+            } catch (err) {
+                const e = err as Error & { code?: string; cause?: unknown };
+                if (e.code === "ERR_ABORTED" || o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted", err), caller);
+                throw withCallerStack(new PhiAgentError("ERR_LOAD_FAILED", e.message, { cause: e.cause ?? err }), caller);
+            } finally {
+                o.signal?.removeEventListener("abort", onAbort);
+            }
+            if (!handoff) {
+                try {
+                    await checkSameFile(o.modelPath, file);
+                } catch (err) {
+                    await native.dispose();
+                    throw withCallerStack(err as Error, caller);
+                }
+            }
         } finally {
-            o.signal?.removeEventListener("abort", onAbort);
+            await file.fh.close().catch(() => undefined);
         }
         if (o.signal?.aborted) {
-            native.dispose();
+            await native.dispose();
             throw withCallerStack(new AbortError("The model load was aborted"), caller);
         }
 
@@ -91,7 +132,7 @@ export class PhiModel implements AsyncDisposable {
             threadpool = (await engine.init()).threadpool;
         } catch (err) {
             await engine.close().catch(() => undefined);
-            native.dispose();
+            await native.dispose();
             throw withCallerStack(new PhiAgentError("ERR_LOAD_FAILED", contextFailure((err as Error).message, kvSize, kvCacheBytes(hparams, kvSize)), { cause: err }), caller);
         }
         const n = native.info();
@@ -244,7 +285,8 @@ export class PhiModel implements AsyncDisposable {
             let id = -1;
             const onAbort = () => engine.cancel(id);
             const settle = () => o.signal?.removeEventListener("abort", onAbort);
-            id = engine.submit(tokens, {
+            try {
+                id = engine.submit(tokens, {
                 maxTokens: o.maxTokens, stream: onToken !== undefined, temperature: o.temperature, topK: o.topK, topP: o.topP,
                 minP: o.minP, repeatPenalty: o.repeatPenalty, presencePenalty: o.presencePenalty,
                 frequencyPenalty: o.frequencyPenalty, repeatLastN: o.repeatLastN, seed: o.seed, stop: o.stop, captureLogits,
@@ -270,6 +312,10 @@ export class PhiModel implements AsyncDisposable {
                 }
                 resolve(result);
             });
+            } catch (err) { // the engine refuses new work: closed (ERR_DISPOSED), or its decode loop failed
+                const e = err as Error & { code?: unknown };
+                return reject(typeof e.code === "string" ? nativeError(e.code, e.message, caller) : err);
+            }
             o.signal?.addEventListener("abort", onAbort, { once: true });
         });
         const tracked = promise.catch(() => undefined);
@@ -296,7 +342,7 @@ export class PhiModel implements AsyncDisposable {
         this.#disposing = (async () => {
             if (engine) await engine.close();
             await Promise.allSettled([...this.#inFlight]);
-            native?.dispose();
+            await native?.dispose(); // freed on a worker thread, not on this one
             this.#native = undefined;
             this.#engine = undefined;
         })();

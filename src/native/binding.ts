@@ -36,14 +36,21 @@ export interface NativeModelInfo {
 }
 
 export interface NativeModel {
-    load(path: string, options: { gpuLayers: number; deviceIndex: number; mmap: boolean; repack: boolean },
+    /**
+     * Loads the weights on a libuv worker thread. `fd`: an open descriptor of `path` (POSIX): the load reads that
+     * very file (the addon dups it; the caller may close its own after the promise settles). Every onProgress
+     * call is delivered before the promise settles; one that throws stops the load, which rejects with
+     * ERR_LOAD_FAILED and the thrown value as `cause`.
+     */
+    load(path: string, options: { fd?: number; gpuLayers: number; deviceIndex: number; mmap: boolean; repack: boolean },
         onProgress?: (progress: number) => void): Promise<void>;
     abortLoad(): void;
     info(): NativeModelInfo;
     meta(key: string): string | undefined;
     tokenize(text: string, special: boolean): Int32Array;
     detokenize(tokens: Int32Array, special: boolean): string;
-    dispose(): void;
+    /** Unusable at once (ERR_DISPOSED); the weights are freed on a worker thread (after the last engine closes). */
+    dispose(): Promise<void>;
 }
 
 export interface NativeSubmitOptions {
@@ -79,8 +86,9 @@ export type NativeEvent =
     | ["error", { code: string; message: string }];
 
 export interface NativeEngine {
-    /** Creates the context; says whether a persistent threadpool was attached. */
+    /** Creates the context; says whether a persistent threadpool was attached. Once per engine (ERR_INVALID_STATE). */
     init(): Promise<{ threadpool: boolean }>;
+    /** Throws ERR_DISPOSED after close(), ERR_GENERATION_FAILED once the decode loop has stopped on a native error. */
     submit(tokens: Int32Array, options: NativeSubmitOptions, callback: (...event: NativeEvent) => void): number;
     cancel(id: number): void;
     close(): Promise<void>;
