@@ -13,7 +13,8 @@
         "native/LlamaLib.cpp",
         "native/NativeModel.cpp",
         "native/NativeEngine.cpp",
-        "native/FilePages.cpp"
+        "native/FilePages.cpp",
+        "native/TextStream.cpp"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -79,20 +79,3 @@ inline Napi::Error MakeError(Napi::Env env, const std::string& code, const std::
     error.Set("code", Napi::String::New(env, code));
     return error;
 }
-
-// Length of the longest prefix of `bytes` that ends on a UTF-8 character boundary: a trailing, still
-// incomplete multi-byte sequence is held back until its continuation bytes arrive.
-inline size_t CompleteUtf8Prefix(const std::string& bytes) {
-    const size_t n = bytes.size();
-    // Look back at most 3 bytes for the lead byte of the last character.
-    for (size_t back = 1; back <= 3 && back <= n; back++) {
-        const unsigned char c = static_cast<unsigned char>(bytes[n - back]);
-        if ((c & 0xC0) == 0x80) continue;  // continuation byte: keep looking for the lead
-        size_t need = 1;
-        if ((c & 0xE0) == 0xC0) need = 2;
-        else if ((c & 0xF0) == 0xE0) need = 3;
-        else if ((c & 0xF8) == 0xF0) need = 4;
-        return back < need ? n - back : n;
-    }
-    return n;  // only continuation bytes (invalid) or nothing: let them through
-}

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cmath>
 #include <stdexcept>
 
 #include "NativeModel.h"
@@ -142,9 +143,31 @@ int32_t GetInt(Napi::Object o, const char* key, int32_t fallback) {
     Napi::Value v = o.Get(key);
     return v.IsNumber() ? v.As<Napi::Number>().Int32Value() : fallback;
 }
-float GetFloat(Napi::Object o, const char* key, float fallback) {
+
+// submit() options: every field is required (src/model/options.ts resolves the defaults; this is not a second copy).
+[[noreturn]] void MissingOption(Napi::Env env, const char* key, const char* type, Napi::Value v) {
+    throw Napi::TypeError::New(env, std::string("submit(): option \"") + key + "\" must be " + type + ", got " +
+                                        (v.IsUndefined() ? "undefined" : v.IsNull() ? "null" : v.Type() == napi_string ? "a string" : "another type") +
+                                        " (PhiModel resolves every option before submitting; see src/model/options.ts)");
+}
+double RequireNumber(Napi::Object o, const char* key) {
     Napi::Value v = o.Get(key);
-    return v.IsNumber() ? v.As<Napi::Number>().FloatValue() : fallback;
+    if (!v.IsNumber()) MissingOption(o.Env(), key, "a number", v);
+    const double d = v.As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(d)) MissingOption(o.Env(), key, "a finite number", v);
+    return d;
+}
+int64_t RequireInt(Napi::Object o, const char* key, double min, double max) {
+    const double d = RequireNumber(o, key);
+    if (d != std::floor(d) || d < min || d > max)
+        throw Napi::RangeError::New(o.Env(), std::string("submit(): option \"") + key + "\" must be an integer from " +
+                                                 std::to_string((long long)min) + " to " + std::to_string((long long)max));
+    return (int64_t)d;
+}
+bool RequireBool(Napi::Object o, const char* key) {
+    Napi::Value v = o.Get(key);
+    if (!v.IsBoolean()) MissingOption(o.Env(), key, "a boolean", v);
+    return v.As<Napi::Boolean>().Value();
 }
 
 // worker.terminate() or process exit with the engine still open: stop its thread before the environment goes.
@@ -175,6 +198,7 @@ Napi::Object NativeEngine::Init(Napi::Env env, Napi::Object exports) {
                                           InstanceMethod("cancel", &NativeEngine::Cancel),
                                           InstanceMethod("close", &NativeEngine::Close),
                                           InstanceMethod("stats", &NativeEngine::Stats),
+                                          InstanceMethod("pause", &NativeEngine::Pause),
                                       });
     exports.Set("NativeEngine", ctor);
     return exports;
@@ -365,27 +389,32 @@ Napi::Value NativeEngine::Submit(const Napi::CallbackInfo& info) {
             return env.Undefined();
         }
     }
-    r->maxTokens = GetInt(o, "maxTokens", -1);
-    r->stream = o.Get("stream").ToBoolean().Value();
-    r->captureLogits = o.Get("captureLogits").ToBoolean().Value();
-    r->sampling.temperature = GetFloat(o, "temperature", 0.0f);
-    r->sampling.topK = GetInt(o, "topK", 0);
-    r->sampling.topP = GetFloat(o, "topP", 1.0f);
-    r->sampling.minP = GetFloat(o, "minP", 0.0f);
-    r->sampling.repeatPenalty = GetFloat(o, "repeatPenalty", 1.0f);
-    r->sampling.presencePenalty = GetFloat(o, "presencePenalty", 0.0f);
-    r->sampling.frequencyPenalty = GetFloat(o, "frequencyPenalty", 0.0f);
-    r->sampling.repeatLastN = GetInt(o, "repeatLastN", 64);
-    r->sampling.seed = GetUint(o, "seed", LLAMA_DEFAULT_SEED);
-    Napi::Value stops = o.Get("stop");
-    if (stops.IsArray()) {
-        Napi::Array array = stops.As<Napi::Array>();
-        for (uint32_t i = 0; i < array.Length(); i++) {
-            Napi::Value s = array.Get(i);
-            if (s.IsString() && !s.As<Napi::String>().Utf8Value().empty()) r->stops.push_back(s.As<Napi::String>());
-        }
+    r->maxTokens = (int32_t)RequireInt(o, "maxTokens", -1, 2147483647.0);
+    if (r->maxTokens == 0) throw Napi::RangeError::New(env, "submit(): \"maxTokens\" is -1 (no bound) or at least 1");
+    r->stream = RequireBool(o, "stream");
+    r->captureLogits = RequireBool(o, "captureLogits");
+    r->sampling.temperature = (float)RequireNumber(o, "temperature");
+    r->sampling.topK = (int32_t)RequireInt(o, "topK", 0, 2147483647.0);
+    r->sampling.topP = (float)RequireNumber(o, "topP");
+    r->sampling.minP = (float)RequireNumber(o, "minP");
+    r->sampling.repeatPenalty = (float)RequireNumber(o, "repeatPenalty");
+    r->sampling.presencePenalty = (float)RequireNumber(o, "presencePenalty");
+    r->sampling.frequencyPenalty = (float)RequireNumber(o, "frequencyPenalty");
+    r->sampling.repeatLastN = (int32_t)RequireInt(o, "repeatLastN", 0, 2147483647.0);
+    r->sampling.seed = (uint32_t)RequireInt(o, "seed", 0, 4294967295.0);
+    Napi::Value stopValue = o.Get("stop");
+    if (!stopValue.IsArray()) MissingOption(env, "stop", "an array of strings", stopValue);
+    std::vector<std::string> stops;
+    Napi::Array array = stopValue.As<Napi::Array>();
+    for (uint32_t i = 0; i < array.Length(); i++) {
+        Napi::Value v = array.Get(i);
+        if (!v.IsString()) MissingOption(env, "stop", "an array of strings", v);
+        stops.push_back(v.As<Napi::String>().Utf8Value());
     }
-    const uint64_t want = (uint64_t)r->prompt.size() + (r->maxTokens < 0 ? params_.contextSize : (uint64_t)r->maxTokens);
+    r->text = TextStream(std::move(stops));
+    // KV cells: with maxTokens all it can use, up front; without, the prompt and one token, then one per token
+    // (NativeEngine::GrowCells). Never more than contextSize, so every request fits an empty cache.
+    const uint64_t want = (uint64_t)r->prompt.size() + (r->maxTokens < 0 ? 1 : (uint64_t)r->maxTokens);
     r->reserved = (uint32_t)std::min<uint64_t>(want, params_.contextSize);
     r->callback = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "phiAgent.generate", 0, 1);
     r->tQueued = NowUs();
@@ -393,6 +422,7 @@ Napi::Value NativeEngine::Submit(const Napi::CallbackInfo& info) {
         std::lock_guard<std::mutex> lock(mutex_);
         r->id = nextId_++;
         waiting_.push_back(r);
+        epoch_++;
     }
     wake_.notify_one();
     return Napi::Number::New(env, r->id);
@@ -438,6 +468,26 @@ Napi::Value NativeEngine::Stats(const Napi::CallbackInfo& info) {
     out.Set("waiting", Napi::Number::New(env, (double)waiting_.size()));
     out.Set("reservedCells", Napi::Number::New(env, reservedCells_));
     return out;
+}
+
+// pause(id, paused): a paused request keeps its slot and cells but is not decoded (stream() backpressure).
+Napi::Value NativeEngine::Pause(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsBoolean()) {
+        throw Napi::TypeError::New(env, "pause(id: number, paused: boolean)");
+    }
+    const uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+    const bool paused = info[1].As<Napi::Boolean>().Value();
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (auto& r : waiting_)
+            if (r->id == id) r->paused = paused;
+        for (auto& r : active_)
+            if (r->id == id) r->paused = paused;
+        epoch_++;
+    }
+    wake_.notify_one();
+    return env.Undefined();
 }
 
 bool NativeEngine::AbortCallback(void* data) noexcept {
@@ -510,6 +560,38 @@ void NativeEngine::Admit() {
         active_.push_back(r);
         waiting_.pop_front();
     }
+    // A request that has a slot but not its cells makes the pool short (GrowCells): requests without maxTokens then
+    // stop at their fair share, so it gets in.
+    cellWaiter_ = !waiting_.empty() && std::find(seqUsed_.begin(), seqUsed_.end(), false) != seqUsed_.end();
+}
+
+void NativeEngine::GrowCells() {
+    const uint32_t share = std::max<uint32_t>(1, params_.kvSize / params_.sequences);
+    std::vector<std::shared_ptr<Request>> need;  // generating requests without maxTokens whose next token has no cell
+    for (auto& r : active_)
+        if (r->maxTokens < 0 && r->generating && !Paused(*r) && !r->aborted && (uint32_t)r->nPast + 1 > r->reserved)
+            need.push_back(r);
+    if (need.empty() && !cellWaiter_) return;
+    std::vector<std::shared_ptr<Request>> cut;
+    const bool shortOfCells = cellWaiter_ || params_.kvSize - reservedCells_ < need.size();
+    if (shortOfCells) {
+        for (auto& r : active_) {
+            if (r->maxTokens >= 0) continue;
+            if (r->reserved >= share && std::find(need.begin(), need.end(), r) != need.end()) cut.push_back(r);
+            else r->capped = true;  // from now on, no further than its fair share
+        }
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& r : cut) Finish(r, "context");  // frees their cells for the others
+    for (auto& r : need) {
+        if (std::find(cut.begin(), cut.end(), r) != cut.end()) continue;
+        if ((r->capped && r->reserved >= share) || reservedCells_ >= params_.kvSize) {
+            Finish(r, "context");
+            continue;
+        }
+        r->reserved++;
+        reservedCells_++;
+    }
 }
 
 void NativeEngine::BuildSampler(Request& r) {
@@ -552,6 +634,15 @@ void NativeEngine::Step() {
         }
         if (active_.empty()) return;
     }
+    const uint64_t epoch = epoch_;
+    {
+        // A paused request (stream() backpressure) must never block another: while any request waits for a slot
+        // or cells, paused ones are decoded anyway (their chunks buffer in JS).
+        std::lock_guard<std::mutex> lock(mutex_);
+        honorPause_ = waiting_.empty();
+    }
+    GrowCells();
+    if (active_.empty()) return;
 
     llama_batch& b = batch_;
     b.n_tokens = 0;
@@ -567,7 +658,7 @@ void NativeEngine::Step() {
     int32_t budget = (int32_t)params_.batchSize;
     // Sequences that are generating go first (one token each), so a long prompt never stalls their tokens.
     for (auto& r : active_) {
-        if (!r->generating) continue;
+        if (!r->generating || Paused(*r)) continue;
         r->batchIndex = b.n_tokens;
         add(r->lastToken, r->nPast, r->seq, true);
         r->nPast++;
@@ -576,7 +667,7 @@ void NativeEngine::Step() {
     }
     // Then prompts, in n_batch-sized chunks; logits only for a prompt's last token.
     for (auto& r : active_) {
-        if (r->generating || budget <= 0) continue;
+        if (r->generating || Paused(*r) || budget <= 0) continue;
         const size_t left = r->prompt.size() - r->promptPos;
         if (left == 0) continue;  // waiting for its first token's logits (already in this batch)
         const int32_t take = (int32_t)std::min<size_t>(left, (size_t)budget);
@@ -590,7 +681,16 @@ void NativeEngine::Step() {
         r->batchIndex = r->promptPos == r->prompt.size() ? b.n_tokens - 1 : -1;
         inBatch_.push_back(r.get());
     }
-    if (b.n_tokens == 0) return;
+    if (b.n_tokens == 0) {  // every active request is paused: sleep until a submit, pause(), cancel or stop
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] {
+            if (stopping_ || epoch_ != epoch) return true;
+            for (auto& r : active_)
+                if (r->aborted) return true;
+            return false;
+        });
+        return;
+    }
 
     LlamaLib::ClearLastLog();
     const int32_t ret = api.llama_decode(ctx_.get(), b);
@@ -653,44 +753,21 @@ void NativeEngine::ProcessToken(Request& r, llama_token token) {
     } else {
         piece.assign(buffer, (size_t)n);
     }
-    const size_t before = r.text.size();
-    r.pending += piece;
-    const size_t complete = CompleteUtf8Prefix(r.pending);
-    r.text.append(r.pending, 0, complete);
-    r.pending.erase(0, complete);
+    const bool length = r.maxTokens >= 0 && r.generated.size() >= (size_t)r.maxTokens;
+    const bool context = (uint32_t)r.nPast >= params_.contextSize;  // no room to decode it
+    std::string chunk = r.text.Next(piece, length || context);
+    if (r.text.Stopped()) r.finishReason = "stop";
+    else if (length) r.finishReason = "length";
+    else if (context) r.finishReason = "context";
+    else r.lastToken = token;
+    if (r.stream) PostChunk(r, token, std::move(chunk));  // one chunk per generated token, "" while held back
+}
 
-    size_t holdBack = 0;
-    if (!r.stops.empty() && r.text.size() > before) {
-        size_t maxLen = 0;
-        for (const auto& s : r.stops) maxLen = std::max(maxLen, s.size());
-        const size_t from = before >= maxLen - 1 ? before - (maxLen - 1) : 0;
-        size_t best = std::string::npos;
-        for (const auto& s : r.stops) best = std::min(best, r.text.find(s, from));
-        if (best != std::string::npos) {
-            r.text.resize(best);
-            r.finishReason = "stop";
-        } else if (r.stream) {  // hold back a tail that may still become a stop string
-            for (const auto& s : r.stops)
-                for (size_t k = std::min(s.size() - 1, r.text.size()); k > holdBack; k--)
-                    if (r.text.compare(r.text.size() - k, k, s, 0, k) == 0) {
-                        holdBack = k;
-                        break;
-                    }
-        }
-    }
-    if (r.finishReason.empty()) {
-        if (r.maxTokens >= 0 && r.generated.size() >= (size_t)r.maxTokens) r.finishReason = "length";
-        else if ((uint32_t)r.nPast >= params_.contextSize) r.finishReason = "context";  // no room to decode it
-        else r.lastToken = token;
-    }
-    if (r.stream) {
-        const size_t end = r.finishReason.empty() ? r.text.size() - holdBack : r.text.size();
-        auto* event = new Event();
-        event->token = token;
-        if (end > r.streamed) event->text = r.text.substr(r.streamed, end - r.streamed);
-        r.streamed = std::max(r.streamed, end);
-        if (r.callback.NonBlockingCall(event, CallJs) != napi_ok) delete event;
-    }
+void NativeEngine::PostChunk(Request& r, llama_token token, std::string text) {
+    auto* event = new Event();
+    event->token = token;
+    event->text = std::move(text);
+    if (r.callback.NonBlockingCall(event, CallJs) != napi_ok) delete event;
 }
 
 void NativeEngine::ReleaseSequence(Request& r) {
@@ -705,8 +782,10 @@ void NativeEngine::ReleaseSequence(Request& r) {
 void NativeEngine::Finish(std::shared_ptr<Request> r, const std::string& reason) {
     r->finishReason = reason;
     r->tEnd = NowUs();
-    r->text += r->pending;
-    r->pending.clear();
+    // What the stream still held back (a possible stop-string start, an incomplete character) is text now: one
+    // last chunk that belongs to no token (token -1), so the chunks add up to the result's text.
+    std::string rest = r->text.Finish();
+    if (r->stream && !rest.empty()) PostChunk(*r, -1, std::move(rest));
     ReleaseSequence(*r);
     active_.erase(std::remove(active_.begin(), active_.end(), r), active_.end());
     PostDone(r);
@@ -728,7 +807,7 @@ void NativeEngine::PostDone(const std::shared_ptr<Request>& r) {
         event->errorCode = r->errorCode;
         event->error = r->error;
     } else {
-        event->text = r->text;
+        event->text = r->text.Text();
         event->tokens = r->generated;
         event->finishReason = r->finishReason;
         event->logits = std::move(r->logits);

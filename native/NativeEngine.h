@@ -1,9 +1,14 @@
 // NativeEngine: one llama_context shared by concurrent generate() calls, and the long-lived native thread
 // that decodes them together, token after token (continuous batching). JS: src/native/binding.ts `NativeEngine`.
 //
-// Each request owns one sequence slot and reserves min(prompt + maxTokens, contextSize) KV cells; a request that
-// finds no free slot or not enough cells waits its turn (FIFO). The decode loop never calls into JavaScript: tokens
-// (when the caller streams) and the final result are posted through the request's thread-safe function.
+// Each request owns one sequence slot and KV cells (kv_unified: all sequences share one pool). A request with
+// maxTokens reserves min(prompt + maxTokens, contextSize) cells when it is admitted and never runs out. A request
+// without maxTokens is admitted on its prompt (prompt + 1 cells) and then takes one more cell per generated token
+// while cells are free. When the pool runs short (a growing request finds no free cell, or a request waits for
+// cells), each request without maxTokens that holds its fair share (kvSize / sequences cells) ends with "context";
+// the others continue, but only up to their fair share. README "Concurrent requests" states the rule for users.
+// Requests that find no free slot or cells wait their turn (FIFO). The decode loop never calls into JavaScript:
+// tokens (when the caller streams) and the final result are posted through the request's thread-safe function.
 #pragma once
 
 #include <napi.h>
@@ -18,6 +23,7 @@
 #include <vector>
 
 #include "Common.h"
+#include "TextStream.h"
 
 class NativeModel;
 
@@ -32,35 +38,37 @@ struct EngineParams {
     int32_t flashAttention = -1;  // llama_flash_attn_type: -1 auto, 0 off, 1 on
 };
 
+// Every field comes from JS on each submit (src/model/options.ts holds the defaults; Submit requires them all).
 struct SamplingParams {
-    float temperature = 0.0f;
-    int32_t topK = 0;
-    float topP = 1.0f;
-    float minP = 0.0f;
-    float repeatPenalty = 1.0f;
-    float presencePenalty = 0.0f;
-    float frequencyPenalty = 0.0f;
-    int32_t repeatLastN = 64;
-    uint32_t seed = LLAMA_DEFAULT_SEED;
+    float temperature;
+    int32_t topK;
+    float topP;
+    float minP;
+    float repeatPenalty;
+    float presencePenalty;
+    float frequencyPenalty;
+    int32_t repeatLastN;
+    uint32_t seed;
 };
 
 struct Request {
     // Copied from JS on submit.
     uint32_t id = 0;
     std::vector<llama_token> prompt;
-    SamplingParams sampling;
-    int32_t maxTokens = -1;  // -1 = until EOS / end of context
-    std::vector<std::string> stops;
+    SamplingParams sampling{};
+    int32_t maxTokens = -1;  // -1 = until EOS / end of context (its KV cells grow, see above)
     bool stream = false;
     bool captureLogits = false;  // keep the first step's logits (PhiModel.evaluate)
     std::vector<float> logits;
     Napi::ThreadSafeFunction callback;  // (kind: "token"|"done"|"error", payload)
 
     std::atomic<bool> aborted{false};
+    std::atomic<bool> paused{false};  // stream() backpressure: not decoded until resumed
 
     // Decode state, touched only by the engine thread.
     int32_t seq = -1;
-    uint32_t reserved = 0;
+    uint32_t reserved = 0;      // KV cells held
+    bool capped = false;        // without maxTokens: the pool ran short while it ran, so it stops at its fair share
     size_t promptPos = 0;       // prompt tokens already submitted
     int32_t nPast = 0;          // positions in this sequence's KV
     int32_t batchIndex = -1;    // where this request's logits are in the current batch
@@ -68,9 +76,7 @@ struct Request {
     llama_token lastToken = -1; // sampled, not yet decoded
     SamplerPtr sampler;
     std::vector<llama_token> generated;
-    std::string text;     // committed text (complete UTF-8, stop strings cut)
-    std::string pending;  // bytes of an incomplete UTF-8 character
-    size_t streamed = 0;  // bytes of `text` already posted to JS
+    TextStream text;  // the text, and what of it may be streamed yet (UTF-8 and stop-string hold-back)
     int64_t tQueued = 0, tStart = 0, tFirst = 0, tEnd = 0;
     std::string finishReason;
     std::string error;
@@ -99,10 +105,14 @@ private:
     Napi::Value Cancel(const Napi::CallbackInfo& info);       // (id) => void
     Napi::Value Close(const Napi::CallbackInfo& info);        // () => Promise<void>
     Napi::Value Stats(const Napi::CallbackInfo& info);        // () => { active, waiting }
+    Napi::Value Pause(const Napi::CallbackInfo& info);        // (id, paused: boolean) => void
 
     void Run();  // the engine thread
     void Admit();
     void Step();
+    void GrowCells();
+    bool Paused(const Request& r) const { return honorPause_ && r.paused; }  // the next token's KV cell for every growing request without maxTokens
+    void PostChunk(Request& r, llama_token token, std::string text);
     void ProcessToken(Request& r, llama_token token);
     void Finish(std::shared_ptr<Request> r, const std::string& reason);
     void Fail(std::shared_ptr<Request> r, const std::string& code, const std::string& message);
@@ -129,6 +139,9 @@ private:
     std::vector<Request*> inBatch_;                       // engine thread only (read by AbortCallback)
     std::vector<bool> seqUsed_;
     uint32_t reservedCells_ = 0;
+    bool honorPause_ = true;           // engine thread: no request waits, so paused requests may stay paused
+    bool cellWaiter_ = false;          // engine thread: the head of waiting_ has a slot but not enough cells
+    std::atomic<uint64_t> epoch_{0};   // bumped (under mutex_) by Submit and Pause: wakes a Step with nothing to do
     std::atomic<bool> stopping_{false};
     uint32_t nextId_ = 1;
     std::thread thread_;

@@ -8,6 +8,7 @@
 #include "Common.h"
 #include "NativeEngine.h"
 #include "NativeModel.h"
+#include "TextStream.h"
 
 namespace {
 
@@ -126,10 +127,55 @@ Napi::Value Quantize(const Napi::CallbackInfo& info) {
     return promise;
 }
 
+// textStreamRun(pieces: Uint8Array[], stops: string[], ending: "eos"|"length"|"abort") => { chunks, text, stopped }
+// For tests: drives TextStream exactly as NativeEngine does: ProcessToken calls Next(piece, end) for every token
+// (end: its last allowed token, "length"), Finish() ends it on EOS / abort. Each chunk becomes a JS string the way
+// CallJs makes one.
+Napi::Value TextStreamRun(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 3 || !info[0].IsArray() || !info[1].IsArray() || !info[2].IsString()) {
+        throw Napi::TypeError::New(env, "textStreamRun(pieces: Uint8Array[], stops: string[], ending: string)");
+    }
+    Napi::Array pieces = info[0].As<Napi::Array>();
+    Napi::Array stopArray = info[1].As<Napi::Array>();
+    const std::string ending = info[2].As<Napi::String>().Utf8Value();
+    if (ending != "eos" && ending != "length" && ending != "abort") throw Napi::RangeError::New(env, "ending: eos | length | abort");
+    std::vector<std::string> stops;
+    for (uint32_t i = 0; i < stopArray.Length(); i++) {
+        Napi::Value v = stopArray.Get(i);
+        if (!v.IsString()) throw Napi::TypeError::New(env, "stops must be strings");
+        stops.push_back(v.As<Napi::String>().Utf8Value());
+    }
+    TextStream stream(std::move(stops));
+    Napi::Array chunks = Napi::Array::New(env);
+    uint32_t consumed = 0;
+    for (uint32_t i = 0; i < pieces.Length() && !stream.Finished(); i++) {
+        Napi::Value v = pieces.Get(i);
+        if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+            throw Napi::TypeError::New(env, "pieces must be Uint8Arrays");
+        }
+        Napi::Uint8Array bytes = v.As<Napi::Uint8Array>();
+        const std::string piece(reinterpret_cast<const char*>(bytes.Data()), bytes.ElementLength());
+        const bool end = ending == "length" && i + 1 == pieces.Length();
+        const std::string chunk = stream.Next(piece, end);
+        chunks.Set(chunks.Length(), Napi::String::New(env, chunk));
+        consumed++;
+    }
+    const std::string rest = stream.Finish();
+    if (!rest.empty()) chunks.Set(chunks.Length(), Napi::String::New(env, rest));
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("chunks", chunks);
+    out.Set("text", Napi::String::New(env, stream.Text()));
+    out.Set("stopped", Napi::Boolean::New(env, stream.Stopped()));
+    out.Set("consumed", Napi::Number::New(env, consumed));
+    return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("loadLibrary", Napi::Function::New(env, LoadLibrary, "loadLibrary"));
     exports.Set("listDevices", Napi::Function::New(env, ListDevices, "listDevices"));
     exports.Set("quantize", Napi::Function::New(env, Quantize, "quantize"));
+    exports.Set("textStreamRun", Napi::Function::New(env, TextStreamRun, "textStreamRun"));
     exports.Set("hardwareConcurrency", Napi::Number::New(env, (double)std::thread::hardware_concurrency()));
     NativeModel::Init(env, exports);
     NativeEngine::Init(env, exports);

@@ -37,7 +37,7 @@ import {
 } from "./bench-lib/common.js";
 import { buildCppLoop, findLlamaLibDir, runCppLoop, type CppLoopResult } from "./bench-lib/cpp.js";
 import type { NlcSingleJob } from "./bench-lib/worker-nlc.js";
-import type { OursConcurrentJob, OursConcurrentResult, OursSingleJob, OursSingleResult } from "./bench-lib/worker-ours.js";
+import type { OursConcurrentJob, OursConcurrentResult, OursDefaultsJob, OursDefaultsResult, OursSingleJob, OursSingleResult } from "./bench-lib/worker-ours.js";
 
 type Side = "ours" | "cpp" | "nlc";
 
@@ -56,12 +56,14 @@ interface Options {
     sides: Side[];
     levels: number[];
     concurrency: boolean;
+    /** Only the "defaults" row (8 concurrent generate() calls with default options on the tiny shape). */
+    defaultsOnly: boolean;
     json?: string;
 }
 
 const USAGE = `usage: node dist/scripts/bench.js [--shapes tiny,phi2] [--types q4_k_m,q8_0] [--threads N] [--quick]
                 [--repeat R] [--rounds N] [--no-wait] [--sides ours,cpp,nlc] [--levels 1,2,4,8]
-                [--via agent|generate] [--no-repack] [--no-threadpool] [--flash-attn auto|on|off] [--no-concurrency] [--json FILE]`;
+                [--via agent|generate] [--no-repack] [--no-threadpool] [--flash-attn auto|on|off] [--no-concurrency] [--defaults-only] [--json FILE]`;
 
 const SIDES = ["ours", "cpp", "nlc"] as const;
 
@@ -70,7 +72,7 @@ function parseArgs(argv: string[]): Options {
         shapes: { type: "string" }, types: { type: "string" }, threads: { type: "string" }, quick: { type: "boolean" },
         repeat: { type: "string" }, rounds: { type: "string" }, "no-wait": { type: "boolean" }, sides: { type: "string" },
         levels: { type: "string" }, via: { type: "string" }, "no-repack": { type: "boolean" }, "no-threadpool": { type: "boolean" },
-        "flash-attn": { type: "string" }, "no-concurrency": { type: "boolean" }, json: { type: "string" },
+        "flash-attn": { type: "string" }, "no-concurrency": { type: "boolean" }, "defaults-only": { type: "boolean" }, json: { type: "string" },
     }, (v) => {
         const sides = listFlag("sides", v.sides, SIDES) ?? [...SIDES];
         if (!sides.includes("ours")) throw new UsageError("--sides must include ours (it picks the prompts every side uses)");
@@ -88,6 +90,7 @@ function parseArgs(argv: string[]): Options {
             sides,
             levels: (listFlag("levels", v.levels) ?? ["1", "2", "4", "8"]).map((s) => intFlag("levels", s, 1)!),
             concurrency: v["no-concurrency"] !== true,
+            defaultsOnly: v["defaults-only"] === true,
         };
         const repeat = intFlag("repeat", v.repeat, 1);
         const rounds = intFlag("rounds", v.rounds, 1);
@@ -217,6 +220,28 @@ interface ModelReport {
     load: Record<string, number[]>;
 }
 
+/** 8 concurrent generate() calls with default options (no maxTokens) sharing one KV cache, against the C++ loop. */
+interface DefaultsReport {
+    shape: TestModelShape;
+    type: TestModelType;
+    requests: number;
+    promptTokens: number;
+    contextSize: number;
+    /** Per ours run: completion tokens of each call. */
+    oursRuns: { e2eTokS: number; completionTokens: number[]; finishReasons: string[] }[];
+    cppGenTokens: number;
+    cppRuns: number[];
+    ours: number;
+    cpp: number;
+    ratio: number;
+    firstTokenMs: number[];
+    doneMs: number[];
+    allFirstBeforeAnyDone: boolean;
+    notes: string[];
+    errors: string[];
+    load: Record<string, number[]>;
+}
+
 interface ConcurrencyReport {
     shape: TestModelShape;
     type: TestModelType;
@@ -316,8 +341,69 @@ async function main(): Promise<void> {
         return r;
     };
 
+    const defaultsRows: DefaultsReport[] = [];
+    const runDefaultsRow = async (m: { shape: TestModelShape; type: TestModelType; path: string }, pl: ReturnType<typeof plan>, tag: string, progress: (s: string) => void) => {
+        const requests = 8;
+        const d: DefaultsReport = {
+            shape: m.shape, type: m.type, requests, promptTokens: pl.concPrompt, contextSize: pl.contextSize, oursRuns: [], cppGenTokens: 0,
+            cppRuns: [], ours: NaN, cpp: NaN, ratio: NaN, firstTokenMs: [], doneMs: [], allFirstBeforeAnyDone: false, notes: [], errors: [], load: {},
+        };
+        defaultsRows.push(d);
+        let prompts: BuiltPrompt[] | undefined;
+        try {
+            // rounds alternate the sides: ours, C++, ours, C++, ...
+            for (let round = 1; round <= pl.concRounds; round++) {
+                const rtag = ` (defaults row, round ${round}/${pl.concRounds})`;
+                const rprogress = (s: string) => progress(s + rtag);
+                const job: OursDefaultsJob = {
+                    kind: "defaults", modelPath: m.path, threads: opts.threads, batchSize: 512, contextSize: pl.contextSize, requests,
+                    promptTokens: pl.concPrompt, repeat: pl.concRepeat, repack: opts.repack, threadpool: opts.threadpool, flashAttention: opts.flashAttention,
+                    ...(prompts ? { prompts } : {}),
+                };
+                const od = await measured(d, "ours", rprogress,
+                    () => runWorker<OursDefaultsResult>(path.join(dist, "worker-ours.js"), job, rprogress, WORKER_TIMEOUT), (r) => r.cpuMs);
+                prompts = od.prompts;
+                d.notes.push(...od.notes);
+                d.oursRuns.push(...od.runs);
+                if (round === 1) {
+                    d.firstTokenMs = od.firstTokenMs;
+                    d.doneMs = od.doneMs;
+                    d.allFirstBeforeAnyDone = Math.max(...od.firstTokenMs) < Math.min(...od.doneMs);
+                    // the C++ loop decodes the same prompts as 8 sequences, as many tokens each as ours gave a call on average
+                    const mean = od.runs.flatMap((r) => r.completionTokens).reduce((a, b) => a + b, 0) / (od.runs.length * requests);
+                    // (phi_loop wants S × (prompt + gen + 1) cells: with the same KV size as ours that is at most 2 tokens fewer)
+                    d.cppGenTokens = Math.min(Math.floor(mean), Math.floor(od.kvCacheSize / requests) - pl.concPrompt - 1);
+                }
+                if (!cppBin) continue;
+                const cpp = await measured(d, "cpp", rprogress, () => {
+                    rprogress(`C++ loop: ${requests} sequences x ${d.cppGenTokens} tokens x${pl.concRepeat}`);
+                    return runCppLoop(cppBin!, {
+                        model: m.path, threads: opts.threads, promptIds: od.prompts.map((p) => p.ids), genTokens: d.cppGenTokens,
+                        sequences: requests, repeat: pl.concRepeat, ctx: od.kvCacheSize, repack: opts.repack, threadpool: opts.threadpool, flashAttn: opts.flashAttention,
+                    }, tmpDir, WORKER_TIMEOUT);
+                }, (r) => r.cpu_ms);
+                d.cppRuns.push(...cpp.e2e_aggregate_tok_s);
+            }
+        } catch (err) {
+            d.errors.push((err as Error).message);
+            live.log(`${tag} defaults row FAILED: ${(err as Error).message}`);
+        }
+        d.ours = best(d.oursRuns.map((r) => r.e2eTokS));
+        d.cpp = best(d.cppRuns);
+        d.ratio = d.ours / d.cpp;
+        d.notes = [...new Set(d.notes)];
+        {
+            for (const [label, loads] of Object.entries(d.load)) {
+                const worst = best(loads);
+                if (worst > 0.1) d.notes.push(`other processes used up to ${(worst * 100).toFixed(0)}% of the CPU while "${label}" ran: its numbers are less reliable`);
+            }
+            live.log(`${tag} defaults row: ${fmtRate(d.ours)}/${fmtRate(d.cpp)} tok/s (ours/C++ e2e) = ${fmtRatio(d.ratio)}; first tokens before any finished: ${d.allFirstBeforeAnyDone}`);
+        }
+    };
+
     for (const [mi, m] of models.entries()) {
         const pl = plan(m.shape, opts.quick, opts.repeat, opts.rounds);
+        if (opts.defaultsOnly) pl.rounds = 0;
         const tag = `[${mi + 1}/${models.length} ${m.shape} ${m.type}]`;
         const rep: ModelReport = {
             shape: m.shape, type: m.type, path: path.relative(root, m.path), fileBytes: fs.statSync(m.path).size,
@@ -448,7 +534,10 @@ async function main(): Promise<void> {
         if (rep.summary.ours && rep.summary.nlc) rep.ratios.vsNlc = ratios(rep.summary.ours, rep.summary.nlc, pl.promptLengths);
 
         // 4. Concurrency rows: once per shape, on its first type.
-        if (opts.concurrency && m.type === opts.types[0] && ours) {
+        if (opts.concurrency && m.shape === "tiny" && m.type === opts.types[0]) {
+            await runDefaultsRow(m, pl, tag, progress);
+        }
+        if (opts.concurrency && !opts.defaultsOnly && m.type === opts.types[0] && ours) {
             const c: ConcurrencyReport = {
                 shape: m.shape, type: m.type, via: "", promptTokens: pl.concPrompt, genTokens: pl.concGen, levels: [], notes: [], errors: [], load: {},
             };
@@ -527,7 +616,7 @@ async function main(): Promise<void> {
     const cpu = os.cpus()[0]?.model?.trim() ?? "unknown CPU";
     const header = `phi-agent bench: ${opts.threads} thread(s), ${cpu}, ${os.availableParallelism()} logical cores, ` +
         `${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, libraries ${path.relative(root, libDir)}`;
-    const table = renderTable(reports, concurrency, header) + setupErrors.map((e) => `! ${e}\n`).join("");
+    const table = renderTable(reports, concurrency, header, defaultsRows) + setupErrors.map((e) => `! ${e}\n`).join("");
     process.stdout.write(table);
 
     const outFile = opts.json
@@ -544,12 +633,13 @@ async function main(): Promise<void> {
         definitions: DEFINITIONS,
         models: reports,
         concurrency,
-        verdicts: verdicts(reports, concurrency),
+        defaults: defaultsRows,
+        verdicts: verdicts(reports, concurrency, defaultsRows),
         setupErrors,
     };
     fs.writeFileSync(outFile, JSON.stringify(json, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2) + "\n");
     process.stdout.write(`\nJSON: ${path.relative(process.cwd(), outFile) || outFile}\n`);
-    const failed = setupErrors.length > 0 || reports.some((r) => r.errors.length) || concurrency.some((c) => c.errors.length);
+    const failed = setupErrors.length > 0 || reports.some((r) => r.errors.length) || concurrency.some((c) => c.errors.length) || defaultsRows.some((d) => d.errors.length);
     if (failed) process.exitCode = 1;
 }
 
@@ -573,7 +663,7 @@ function pad(s: string, n: number, right = false): string {
     return right ? s.padEnd(n) : s.padStart(n);
 }
 
-function renderTable(reports: ModelReport[], conc: ConcurrencyReport[], header: string): string {
+function renderTable(reports: ModelReport[], conc: ConcurrencyReport[], header: string, defaults: DefaultsReport[] = []): string {
     const lines: string[] = [header, ""];
     const cols = ["", "load cold", "load warm", "warm mmap", "prompt128", "prompt512", "TTFT128", "TTFT512", "decode", "dec@512", "peak RSS"];
     const w = [22, 10, 10, 10, 10, 10, 9, 9, 9, 9, 9];
@@ -612,7 +702,18 @@ function renderTable(reports: ModelReport[], conc: ConcurrencyReport[], header: 
         for (const n of c.notes) lines.push(`  · ${n}`);
         for (const e of c.errors) lines.push(`  ! ${e.split("\n").slice(0, 4).join("\n    ")}`);
     }
-    const v = verdicts(reports, conc);
+    for (const d of defaults) {
+        lines.push("");
+        lines.push(`${d.requests} concurrent generate() calls with default options, ${d.shape} ${d.type}: ${d.promptTokens}-token prompts, contextSize = kvCacheSize = ${d.contextSize}, sequences ${d.requests}`);
+        lines.push(`  (no maxTokens: the calls share the KV cache and end with "context"; C++ = the same prompts as ${d.requests} sequences x ${d.cppGenTokens} tokens in one batch)`);
+        const c = d.oursRuns[0]?.completionTokens ?? [];
+        lines.push(`  tokens per call: ${c.join(", ")} (${[...new Set(d.oursRuns.flatMap((r) => r.finishReasons))].join(", ")})`);
+        lines.push(`  first token (ms after the calls): ${d.firstTokenMs.map((x) => x.toFixed(0)).join(", ")}; first call done at ${Math.min(...d.doneMs).toFixed(0)} ms`);
+        lines.push(`  e2e tok/s: ours ${fmtRate(d.ours)}, C++ ${fmtRate(d.cpp)}, ours/C++ ${fmtRatio(d.ratio)} (best of ${d.oursRuns.length} / ${d.cppRuns.length} runs)`);
+        for (const n of d.notes) lines.push(`  · ${n}`);
+        for (const e of d.errors) lines.push(`  ! ${e.split("\n").slice(0, 4).join("\n    ")}`);
+    }
+    const v = verdicts(reports, conc, defaults);
     if (v.length) {
         lines.push("");
         lines.push("Targets (issue 5):");
@@ -621,7 +722,7 @@ function renderTable(reports: ModelReport[], conc: ConcurrencyReport[], header: 
     return lines.join("\n") + "\n";
 }
 
-function verdicts(reports: ModelReport[], conc: ConcurrencyReport[]): { what: string; value: string; pass?: boolean }[] {
+function verdicts(reports: ModelReport[], conc: ConcurrencyReport[], defaults: DefaultsReport[] = []): { what: string; value: string; pass?: boolean }[] {
     const out: { what: string; value: string; pass?: boolean }[] = [];
     const find = (shape: string, type: string) => reports.find((r) => r.shape === shape && r.type === type);
     const ge = (x: number | undefined, t: number) => (x === undefined || !Number.isFinite(x) ? undefined : x >= t);
@@ -666,6 +767,11 @@ function verdicts(reports: ModelReport[], conc: ConcurrencyReport[]): { what: st
     for (const c of conc) {
         const l4 = c.levels.find((l) => l.level === 4);
         if (l4) out.push({ what: `${c.shape} ${c.type} 4 concurrent ≥ 0.95× C++ 4-sequence batch (e2e)`, value: `${fmtRate(l4.oursE2e)} vs ${fmtRate(l4.cppE2e)} tok/s = ${fmtRatio(l4.ratio)} (decode-only ${fmtRatio(l4.decodeRatio)})`, pass: ge(l4.ratio, 0.95) });
+    }
+    for (const d of defaults) {
+        if (!d.firstTokenMs.length) continue;
+        out.push({ what: `${d.shape} ${d.type} ${d.requests} concurrent default calls: every first token before any call finishes (issue 9)`, value: `last first token ${Math.max(...d.firstTokenMs).toFixed(0)} ms, first done ${Math.min(...d.doneMs).toFixed(0)} ms`, pass: d.allFirstBeforeAnyDone });
+        out.push({ what: `${d.shape} ${d.type} ${d.requests} concurrent default calls ≥ 0.95× C++ ${d.requests}-sequence batch (e2e)`, value: `${fmtRate(d.ours)} vs ${fmtRate(d.cpp)} tok/s = ${fmtRatio(d.ratio)}`, pass: ge(d.ratio, 0.95) });
     }
     return out;
 }

@@ -245,8 +245,8 @@ describe("bad arguments", function () {
                 expect(e.message).to.match(new RegExp(`${n} tokens.*${CONTEXT}.*truncate`));
             }
             const r = await model.generate(long, { maxTokens: 2, truncate: "start" });
-            expect(r.usage.promptTokens).to.equal(CONTEXT);
-            expect(r.finishReason).to.equal("context");
+            expect(r.usage.promptTokens).to.equal(CONTEXT - 2); // room for maxTokens (issue 9, item 12)
+            expect(r.finishReason).to.equal("length");
         });
 
         const BAD_TEXT: [string, string, RegExp][] = [

@@ -87,6 +87,45 @@ export interface OursConcurrentJob {
     via: "agent" | "generate";
 }
 
+/**
+ * The "defaults" row: `requests` concurrent generate() calls with default options (no maxTokens) on a model
+ * loaded with contextSize = kvCacheSize (the default) and `requests` sequences, so the calls share one KV cache.
+ */
+export interface OursDefaultsJob {
+    kind: "defaults";
+    modelPath: string;
+    threads: number;
+    batchSize: number;
+    contextSize: number;
+    requests: number;
+    promptTokens: number;
+    repeat: number;
+    repack?: boolean;
+    threadpool?: boolean;
+    flashAttention?: "auto" | "on" | "off";
+    prompts?: BuiltPrompt[];
+}
+
+export interface DefaultsRun {
+    wallMs: number;
+    /** Σ completion tokens / wall time, prompts included. */
+    e2eTokS: number;
+    completionTokens: number[];
+    finishReasons: string[];
+}
+
+export interface OursDefaultsResult {
+    prompts: BuiltPrompt[];
+    runs: DefaultsRun[];
+    /** From a run that watched every call's first token (onToken): ms after the calls were made. */
+    firstTokenMs: number[];
+    doneMs: number[];
+    kvCacheSize: number;
+    peakRssKb: number;
+    cpuMs: number;
+    notes: string[];
+}
+
 export interface OursSingleResult extends SingleSideResult {
     prompts: Record<string, BuiltPrompt & { variant: number }>;
     info: ModelInfo;
@@ -281,9 +320,64 @@ async function concurrent(job: OursConcurrentJob): Promise<OursConcurrentResult>
     return { via: job.via, viaNote, prompts, rounds, kvCacheSize, peakRssKb: peakRssKb(), cpuMs: ownCpuMs(), notes };
 }
 
-const job = readJob<OursSingleJob | OursConcurrentJob>();
+async function defaults(job: OursDefaultsJob): Promise<OursDefaultsResult> {
+    const PhiModel = await importPhiModel();
+    const notes: string[] = [];
+    reportProgress("ours (defaults): loading");
+    const model = await PhiModel.load({
+        modelPath: job.modelPath,
+        device: "cpu",
+        threads: job.threads,
+        contextSize: job.contextSize,
+        sequences: job.requests,
+        batchSize: job.batchSize,
+        ...(job.repack !== undefined ? { repack: job.repack } : {}),
+        ...(job.threadpool !== undefined ? { threadpool: job.threadpool } : {}),
+        ...(job.flashAttention !== undefined ? { flashAttention: job.flashAttention } : {}),
+    });
+    const all = () => Promise.all(prompts.map((p) => model.generate(p.text)));
+    // Prompts whose calls all run until the cache is shared out ("context"), none stopping at EOS; also the warm-up.
+    const prompts: BuiltPrompt[] = job.prompts ? job.prompts.slice(0, job.requests) : [];
+    let variant = 200;
+    for (let i = prompts.length; i < job.requests; i++) prompts.push(buildPrompt(tokenizer(model), job.promptTokens, i));
+    for (let attempt = 0; attempt < 6; attempt++) {
+        reportProgress(`ours (defaults): checking ${job.requests} prompts`);
+        const rs = await all();
+        const bad = rs.map((r, i) => (r.finishReason === "context" ? -1 : i)).filter((i) => i >= 0);
+        if (!bad.length) break;
+        for (const i of bad) {
+            notes.push(`defaults prompt ${i} ended with ${rs[i]!.finishReason} after ${rs[i]!.usage.completionTokens}; replaced`);
+            prompts[i] = buildPrompt(tokenizer(model), job.promptTokens, variant++);
+        }
+    }
+    // Who gets a first token when: one run watching the tokens (onToken is not on the measured runs).
+    const t0 = performance.now();
+    const firstTokenMs = prompts.map(() => NaN);
+    const doneMs = prompts.map(() => NaN);
+    await Promise.all(prompts.map((p, i) => model.generate(p.text, {
+        onToken: () => { if (Number.isNaN(firstTokenMs[i]!)) firstTokenMs[i] = performance.now() - t0; },
+    }).then(() => { doneMs[i] = performance.now() - t0; })));
+    const runs: DefaultsRun[] = [];
+    for (let rep = 0; rep < job.repeat; rep++) {
+        reportProgress(`ours (defaults): ${job.requests} concurrent default calls, run ${rep + 1}/${job.repeat}`);
+        const start = performance.now();
+        const rs = await all();
+        const wallMs = performance.now() - start;
+        runs.push({
+            wallMs,
+            e2eTokS: rs.reduce((s, r) => s + r.usage.completionTokens, 0) / (wallMs / 1000),
+            completionTokens: rs.map((r) => r.usage.completionTokens),
+            finishReasons: rs.map((r) => r.finishReason),
+        });
+    }
+    const kvCacheSize = model.info.runtime.kvCacheSize;
+    await model.dispose();
+    return { prompts, runs, firstTokenMs, doneMs, kvCacheSize, peakRssKb: peakRssKb(), cpuMs: ownCpuMs(), notes };
+}
+
+const job = readJob<OursSingleJob | OursConcurrentJob | OursDefaultsJob>();
 try {
-    reportResult(job.kind === "single" ? await single(job) : await concurrent(job));
+    reportResult(job.kind === "single" ? await single(job) : job.kind === "concurrent" ? await concurrent(job) : await defaults(job));
 } catch (err) {
     console.error((err as Error).stack ?? String(err));
     process.exitCode = 1;

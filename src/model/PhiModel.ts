@@ -48,9 +48,29 @@ async function checkSameFile(path: string, file: CheckedModelFile): Promise<void
     }
 }
 
-/** A stream of generated text; `result` settles when generation ends. Breaking out of the loop cancels it. */
+/**
+ * A stream of generated text; `result` settles when generation ends. Breaking out of the loop cancels it. It can be
+ * iterated once (a second `for await` throws a TypeError). At most STREAM_BUFFER_CHUNKS chunks wait for a slow
+ * reader: then the request is paused natively (its sequence is not decoded, the others are) until it reads on.
+ */
 export interface GenerationStream extends AsyncIterable<TokenChunk> {
     readonly result: Promise<GenerationResult>;
+}
+
+/** Chunks stream() buffers for a reader that falls behind before it pauses the request (resumed at a quarter). */
+export const STREAM_BUFFER_CHUNKS = 64;
+
+/** An AbortError that carries the signal's reason (as `cause`, and in the message). */
+function abortError(what: string, signal: AbortSignal | undefined, caller: Error): AbortError {
+    const reason: unknown = signal?.reason;
+    const why = reason instanceof Error ? reason.message : typeof reason === "string" ? reason : undefined;
+    return withCallerStack(new AbortError(why ? `${what}: ${why}` : what, reason), caller);
+}
+
+interface RunHooks {
+    captureLogits?: boolean;
+    /** Called once the request is submitted, with a handle to pause and resume its decoding. */
+    onSubmit?: (pause: (paused: boolean) => void) => void;
 }
 
 export class PhiModel implements AsyncDisposable {
@@ -168,8 +188,9 @@ export class PhiModel implements AsyncDisposable {
         return new PhiModel(native, engine, info);
     }
 
+    /** True from the moment dispose() is called (methods throw DisposedError from then on). */
     get disposed(): boolean {
-        return this.#native === undefined;
+        return this.#native === undefined || this.#disposing !== undefined;
     }
 
     #live(): { native: NativeModel; engine: NativeEngine } {
@@ -201,48 +222,68 @@ export class PhiModel implements AsyncDisposable {
         return this.#run(engine, tokens, o, caller);
     }
 
-    /** Streams a completion: `for await (const chunk of model.stream(prompt)) process.stdout.write(chunk.text)`. */
+    /**
+     * Streams a completion: `for await (const chunk of model.stream(prompt)) process.stdout.write(chunk.text)`.
+     * The chunks' texts add up to `result.text`; each generated token comes in one chunk, and a last chunk with
+     * token -1 may carry text held back until the end (see TokenChunk).
+     */
     stream(prompt: string, options?: Omit<GenerateOptions, "onToken">): GenerationStream {
         const caller = new Error();
         const o = resolveGenerateOptions(options);
         const { engine, tokens } = this.#prepare(prompt, o);
         const queue: TokenChunk[] = [];
+        let head = 0;
         let wake: (() => void) | undefined;
         let finished = false;
+        let iterated = false;
+        let pause: ((paused: boolean) => void) | undefined;
+        let paused = false;
         const controller = new AbortController();
         const userSignal = o.signal;
         o.signal = userSignal ? AbortSignal.any([userSignal, controller.signal]) : controller.signal;
         o.onToken = (chunk) => {
             queue.push(chunk);
+            if (!paused && queue.length - head >= STREAM_BUFFER_CHUNKS && pause) {
+                paused = true;
+                pause(true);
+            }
             wake?.();
         };
-        const result = this.#run(engine, tokens, o, caller).finally(() => {
+        const result = this.#run(engine, tokens, o, caller, { onSubmit: (p) => (pause = p) }).finally(() => {
             finished = true;
             wake?.();
         });
         result.catch(() => undefined); // surfaced through the iterator (and `result` for whoever awaits it)
+        async function* read(): AsyncGenerator<TokenChunk> {
+            try {
+                for (;;) {
+                    while (head < queue.length) {
+                        const chunk = queue[head]!;
+                        queue[head++] = undefined as unknown as TokenChunk;
+                        if (head > 1024 && head * 2 > queue.length) queue.splice(0, head), (head = 0);
+                        if (paused && queue.length - head <= STREAM_BUFFER_CHUNKS / 4) {
+                            paused = false;
+                            pause?.(false);
+                        }
+                        yield chunk;
+                    }
+                    if (finished) break;
+                    await new Promise<void>((resolve) => (wake = resolve));
+                    wake = undefined;
+                }
+                await result; // rejects with the generation's error, if any
+            } finally {
+                if (!finished) controller.abort();
+            }
+        }
         return {
             result,
-            async *[Symbol.asyncIterator]() {
-                let streamed = "";
-                let lastToken = -1;
-                try {
-                    for (;;) {
-                        while (queue.length) {
-                            const chunk = queue.shift()!;
-                            streamed += chunk.text;
-                            lastToken = chunk.token;
-                            yield chunk;
-                        }
-                        if (finished) break;
-                        await new Promise<void>((resolve) => (wake = resolve));
-                        wake = undefined;
-                    }
-                    const final = await result;
-                    if (final.text.length > streamed.length) yield { text: final.text.slice(streamed.length), token: lastToken };
-                } finally {
-                    if (!finished) controller.abort();
+            [Symbol.asyncIterator](): AsyncIterator<TokenChunk> {
+                if (iterated) {
+                    throw new TypeError("This GenerationStream is already being read: a stream can be iterated once. Keep the chunks you read, or await stream.result for the whole text.");
                 }
+                iterated = true;
+                return read();
             },
         };
     }
@@ -252,9 +293,12 @@ export class PhiModel implements AsyncDisposable {
         checkText("prompt", prompt, { allowEmpty: false });
         let tokens = native.tokenize(prompt, false);
         const contextSize = this.info.runtime.contextSize;
-        if (tokens.length > contextSize) {
-            if (o.truncate !== "start") throw new ContextOverflowError(tokens.length, contextSize);
-            tokens = tokens.slice(tokens.length - contextSize);
+        if (o.truncate === "start") {
+            // keep the prompt's end, leaving room for maxTokens (for at least one token when there is no bound)
+            const keep = Math.max(1, contextSize - (o.maxTokens > 0 ? o.maxTokens : 1));
+            if (tokens.length > keep) tokens = tokens.slice(tokens.length - keep);
+        } else if (tokens.length > contextSize) {
+            throw new ContextOverflowError(tokens.length, contextSize);
         }
         return { engine, tokens };
     }
@@ -274,12 +318,13 @@ export class PhiModel implements AsyncDisposable {
             if (tokens.length === 0) throw new PhiRangeError(`"prompt" is empty; pass at least one token`);
             if (tokens.length > this.info.runtime.contextSize) throw new ContextOverflowError(tokens.length, this.info.runtime.contextSize);
         }
-        const result = await this.#run(engine, tokens, o, caller, true);
+        const result = await this.#run(engine, tokens, o, caller, { captureLogits: true });
         return (result as GenerationResult & { logits: Float32Array }).logits;
     }
 
-    #run(engine: NativeEngine, tokens: Int32Array, o: ResolvedGenerateOptions, caller: Error, captureLogits = false): Promise<GenerationResult> {
-        if (o.signal?.aborted) return Promise.reject(withCallerStack(new AbortError("The generation was aborted before it started"), caller));
+    #run(engine: NativeEngine, tokens: Int32Array, o: ResolvedGenerateOptions, caller: Error, hooks: RunHooks = {}): Promise<GenerationResult> {
+        if (o.signal?.aborted) return Promise.reject(abortError("The generation was aborted before it started", o.signal, caller));
+        const captureLogits = hooks.captureLogits ?? false;
         const onToken = o.onToken;
         const promise = new Promise<GenerationResult>((resolve, reject) => {
             let id = -1;
@@ -306,7 +351,7 @@ export class PhiModel implements AsyncDisposable {
                 const result = toResult(payload);
                 if (captureLogits) Object.defineProperty(result, "logits", { value: payload.logits ?? new Float32Array(0) });
                 if (result.finishReason === "abort" && !o.stopOnAbort) {
-                    const err = withCallerStack(new AbortError("The generation was aborted"), caller);
+                    const err = abortError("The generation was aborted", o.signal, caller);
                     (err as AbortError & { partial?: GenerationResult }).partial = result;
                     return reject(err);
                 }
@@ -317,6 +362,7 @@ export class PhiModel implements AsyncDisposable {
                 return reject(typeof e.code === "string" ? nativeError(e.code, e.message, caller) : err);
             }
             o.signal?.addEventListener("abort", onAbort, { once: true });
+            hooks.onSubmit?.((paused) => engine.pause(id, paused));
         });
         const tracked = promise.catch(() => undefined);
         this.#inFlight.add(tracked);

@@ -66,7 +66,7 @@ export interface NativeSubmitOptions {
     repeatLastN: number;
     seed: number;
     stop: string[];
-    captureLogits?: boolean;
+    captureLogits: boolean;
 }
 
 export interface NativeDonePayload {
@@ -91,6 +91,8 @@ export interface NativeEngine {
     /** Throws ERR_DISPOSED after close(), ERR_GENERATION_FAILED once the decode loop has stopped on a native error. */
     submit(tokens: Int32Array, options: NativeSubmitOptions, callback: (...event: NativeEvent) => void): number;
     cancel(id: number): void;
+    /** A paused request keeps its slot and KV cells but is not decoded until resumed (stream() backpressure). */
+    pause(id: number, paused: boolean): void;
     close(): Promise<void>;
     stats(): { active: number; waiting: number; reservedCells: number };
 }
@@ -111,6 +113,8 @@ export interface Binding {
     loadLibrary(dir: string): { dir: string; systemInfo: string; supportsGpuOffload: boolean; maxSequences: number };
     listDevices(): NativeDevice[];
     quantize(input: string, output: string, ftype: number, threads: number): Promise<void>;
+    /** Tests only: runs token pieces through native/TextStream as the engine does; the chunks it would stream. */
+    textStreamRun(pieces: Uint8Array[], stops: string[], ending: "eos" | "length" | "abort"): { chunks: string[]; text: string; stopped: boolean; consumed: number };
     hardwareConcurrency: number;
     NativeModel: new () => NativeModel;
     NativeEngine: new (model: NativeModel, options: NativeEngineOptions) => NativeEngine;
