@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cmath>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 
 #include "NativeModel.h"
@@ -13,6 +15,40 @@ namespace {
 int64_t NowUs() {
     return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
+}
+
+// Engines whose thread may be running. process.exit() calls exit(), which runs the static destructors of ggml's CPU
+// backend while an engine thread may still be decoding on them (SIGSEGV in about half the runs of
+// test/lifetime.test.ts "process exit with a live model, mid-generate"). An atexit handler, registered after ggml was
+// loaded and so run before its destructors, stops every live engine first. Never freed: it is used during exit.
+std::mutex& LiveMutex() {
+    static std::mutex* m = new std::mutex();
+    return *m;
+}
+std::set<NativeEngine*>& LiveEngines() {
+    static std::set<NativeEngine*>* s = new std::set<NativeEngine*>();
+    return *s;
+}
+void StopLiveEnginesAtExit() noexcept {
+    try {
+        std::lock_guard<std::mutex> lock(LiveMutex());
+        for (NativeEngine* e : LiveEngines()) e->StopAndJoin();
+        LiveEngines().clear();
+    } catch (...) {
+    }
+}
+void AddLiveEngine(NativeEngine* e) {
+    static std::once_flag registered;
+    std::call_once(registered, [] { std::atexit(StopLiveEnginesAtExit); });
+    std::lock_guard<std::mutex> lock(LiveMutex());
+    LiveEngines().insert(e);
+}
+void RemoveLiveEngine(NativeEngine* e) noexcept {
+    try {
+        std::lock_guard<std::mutex> lock(LiveMutex());
+        LiveEngines().erase(e);
+    } catch (...) {
+    }
 }
 
 // What the engine thread hands to JS: one streamed piece, or the final result (or error) of a request.
@@ -84,6 +120,7 @@ public:
     void Execute() override {
         try {
             engine_->CreateContext();
+            AddLiveEngine(engine_);
         } catch (const std::exception& e) {
             SetError(e.what());
         } catch (...) {
@@ -135,20 +172,12 @@ private:
     std::function<void()> onDone_;
 };
 
-uint32_t GetUint(Napi::Object o, const char* key, uint32_t fallback) {
-    Napi::Value v = o.Get(key);
-    return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : fallback;
-}
-int32_t GetInt(Napi::Object o, const char* key, int32_t fallback) {
-    Napi::Value v = o.Get(key);
-    return v.IsNumber() ? v.As<Napi::Number>().Int32Value() : fallback;
-}
 
 // submit() options: every field is required (src/model/options.ts resolves the defaults; this is not a second copy).
 [[noreturn]] void MissingOption(Napi::Env env, const char* key, const char* type, Napi::Value v) {
-    throw Napi::TypeError::New(env, std::string("submit(): option \"") + key + "\" must be " + type + ", got " +
+    throw Napi::TypeError::New(env, std::string("option \"") + key + "\" must be " + type + ", got " +
                                         (v.IsUndefined() ? "undefined" : v.IsNull() ? "null" : v.Type() == napi_string ? "a string" : "another type") +
-                                        " (PhiModel resolves every option before submitting; see src/model/options.ts)");
+                                        " (PhiModel resolves every option before calling the addon; see src/model/options.ts)");
 }
 double RequireNumber(Napi::Object o, const char* key) {
     Napi::Value v = o.Get(key);
@@ -160,7 +189,7 @@ double RequireNumber(Napi::Object o, const char* key) {
 int64_t RequireInt(Napi::Object o, const char* key, double min, double max) {
     const double d = RequireNumber(o, key);
     if (d != std::floor(d) || d < min || d > max)
-        throw Napi::RangeError::New(o.Env(), std::string("submit(): option \"") + key + "\" must be an integer from " +
+        throw Napi::RangeError::New(o.Env(), std::string("option \"") + key + "\" must be an integer from " +
                                                  std::to_string((long long)min) + " to " + std::to_string((long long)max));
     return (int64_t)d;
 }
@@ -219,14 +248,19 @@ NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
         return;
     }
     Napi::Object o = info[1].As<Napi::Object>();
-    params_.kvSize = GetUint(o, "kvSize", params_.kvSize);
-    params_.contextSize = GetUint(o, "contextSize", params_.contextSize);
-    params_.batchSize = GetUint(o, "batchSize", params_.batchSize);
-    params_.sequences = GetUint(o, "sequences", params_.sequences);
-    params_.threads = GetInt(o, "threads", params_.threads);
-    params_.batchThreads = GetInt(o, "batchThreads", params_.threads);
-    if (o.Has("threadpool")) params_.threadpool = o.Get("threadpool").ToBoolean().Value();
-    params_.flashAttention = GetInt(o, "flashAttention", params_.flashAttention);
+    try {
+        params_.kvSize = (uint32_t)RequireInt(o, "kvSize", 1, 4294967295.0);
+        params_.contextSize = (uint32_t)RequireInt(o, "contextSize", 1, 4294967295.0);
+        params_.batchSize = (uint32_t)RequireInt(o, "batchSize", 1, 4294967295.0);
+        params_.sequences = (uint32_t)RequireInt(o, "sequences", 1, 4294967295.0);
+        params_.threads = (int32_t)RequireInt(o, "threads", 1, 2147483647.0);
+        params_.batchThreads = (int32_t)RequireInt(o, "batchThreads", 1, 2147483647.0);
+        params_.threadpool = RequireBool(o, "threadpool");
+        params_.flashAttention = (int32_t)RequireInt(o, "flashAttention", -1, 1);
+    } catch (const Napi::Error& e) {
+        e.ThrowAsJavaScriptException();
+        return;
+    }
     if (params_.kvSize == 0 || params_.contextSize == 0 || params_.contextSize > params_.kvSize ||
         params_.batchSize == 0 || params_.sequences == 0 || params_.sequences > params_.batchSize ||
         // llama.cpp reserves one output row per sequence in min(n_ctx, n_batch) rows: more sequences abort it
@@ -248,6 +282,7 @@ NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
 // Runs on the JS thread: at GC of an engine never closed, or when the environment goes (its cleanup hook already
 // stopped the thread). Must not throw: a destructor is noexcept, and this one runs inside a finalizer's C frame.
 NativeEngine::~NativeEngine() {
+    RemoveLiveEngine(this);
     try {
         if (cleanupHook_) napi_remove_env_cleanup_hook(Env(), EnvCleanup, this);
         cleanupHook_ = false;

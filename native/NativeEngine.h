@@ -27,15 +27,17 @@
 
 class NativeModel;
 
+// Every field comes from JS at construction (src/model/options.ts and limits.ts hold the defaults and ranges; the
+// constructor requires them all): no second copy of a default here.
 struct EngineParams {
-    uint32_t kvSize = 2048;       // KV cells shared by all sequences
-    uint32_t contextSize = 2048;  // max tokens of one sequence
-    uint32_t batchSize = 512;
-    uint32_t sequences = 8;
-    int32_t threads = 4;
-    int32_t batchThreads = 4;
-    bool threadpool = true;  // one persistent ggml threadpool for this context, instead of new threads per graph
-    int32_t flashAttention = -1;  // llama_flash_attn_type: -1 auto, 0 off, 1 on
+    uint32_t kvSize;        // KV cells shared by all sequences
+    uint32_t contextSize;   // max tokens of one sequence
+    uint32_t batchSize;
+    uint32_t sequences;
+    int32_t threads;
+    int32_t batchThreads;
+    bool threadpool;        // one persistent ggml threadpool for this context, instead of new threads per graph
+    int32_t flashAttention; // llama_flash_attn_type: -1 auto, 0 off, 1 on
 };
 
 // Every field comes from JS on each submit (src/model/options.ts holds the defaults; Submit requires them all).

@@ -107,6 +107,16 @@ export class AbortError extends PhiAgentError {
         super("ERR_ABORTED", message, cause !== undefined ? { cause } : undefined);
         this.name = "AbortError";
     }
+
+    /**
+     * An AbortError for `what` that names the signal's reason in its message; `cause` is the reason, unless a
+     * lower-level cause is given (llama.cpp's own ERR_ABORTED, say).
+     */
+    static fromSignal(what: string, signal: AbortSignal | undefined, cause: unknown = signal?.reason): AbortError {
+        const reason: unknown = signal?.reason;
+        const why = reason instanceof Error ? reason.message : typeof reason === "string" ? reason : undefined;
+        return new AbortError(why ? `${what}: ${why}` : what, cause);
+    }
 }
 
 /** A GGUF file is malformed or not usable; `message` names the field or section that was wrong. */
