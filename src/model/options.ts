@@ -24,8 +24,8 @@ export const LOAD_DEFAULTS = Object.freeze({
 });
 
 /**
- * Defaults of generate() options: greedy, no penalties, no limit but the context. The native engine's own
- * fallbacks (native/NativeEngine.*) must match these; `seed` is random per call when not given.
+ * Defaults of generate() options: greedy, no penalties, no limit but the context. The native engine has none of
+ * its own (its submit() requires every field); `seed` is random per call when not given.
  */
 export const GENERATE_DEFAULTS = Object.freeze({
     maxTokens: -1, // -1 = until EOS or the end of the context
