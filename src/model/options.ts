@@ -92,8 +92,12 @@ function checkSignal(name: string, value: unknown): AbortSignal {
 
 /** Threads beyond the logical CPUs make ggml's spinning workers wait for each other: refused (README "Threads"). */
 function checkThreads(name: "threads" | "batchThreads", value: unknown): number {
-    const n = checkOption(name, value);
     const limit = threadLimit();
+    const min = OPTION_SCHEMAS[name].minimum ?? 1;
+    if (typeof value === "number" && Number.isInteger(value) && value < min) {
+        throw new PhiRangeError(`Expected "${name}" to be between ${min} and ${limit} (the logical CPUs here), got ${value}`);
+    }
+    const n = checkOption(name, value);
     if (n > limit) {
         throw new PhiRangeError(`"${name}" is ${n}, but this machine has ${limit} logical CPU${limit === 1 ? "" : "s"}: ggml's threads wait for each ` +
             `other by spinning, so more threads than CPUs make generation many times slower (README "Threads"). Use at most ${limit}, or leave it unset`);
