@@ -27,7 +27,11 @@ export type PhiErrorCode =
     | "ERR_GENERATION_FAILED"
     | "ERR_QUANTIZE_FAILED"
     | "ERR_OUTPUT_EXISTS"
-    | "ERR_INVALID_OUTPUT";
+    | "ERR_INVALID_OUTPUT"
+    /** A message on the wire that RusticAI's `Message` model would reject (WireMessageError). */
+    | "ERR_INVALID_MESSAGE"
+    /** The messaging service (Redis) cannot be reached, refused the login, or the backend was closed (MessagingUnavailableError). */
+    | "ERR_MESSAGING_UNAVAILABLE";
 
 export class PhiAgentError extends Error {
     readonly code: PhiErrorCode;
@@ -140,4 +144,16 @@ export class OutputPathError extends PhiAgentError {
 
 export function isAbortError(err: unknown): err is AbortError {
     return err instanceof AbortError;
+}
+
+/**
+ * The messaging backend cannot do what was asked: the server (Redis) is unreachable or refused the connection or
+ * the login, or the backend is closed. `details.url` is the server's address with any password masked.
+ */
+export class MessagingUnavailableError extends PhiAgentError {
+    declare readonly code: "ERR_MESSAGING_UNAVAILABLE";
+    constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+        super("ERR_MESSAGING_UNAVAILABLE", message, options);
+        this.name = "MessagingUnavailableError";
+    }
 }
