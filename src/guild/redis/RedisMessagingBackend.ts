@@ -229,16 +229,19 @@ export class RedisMessagingBackend implements MessagingBackend {
         };
         const redis = new Redis(base);
         const sub = new Redis(base);
-        const noop = () => undefined;
-        redis.on("error", noop);
-        sub.on("error", noop);
+        // the error events say why (WRONGPASS, NOAUTH, a certificate); connect() itself only says "closed"
+        let cause: Error | undefined;
+        const remember = (err: Error) => { cause ??= err; };
+        redis.on("error", remember);
+        sub.on("error", remember);
         const first = async (c: Redis) => {
             try {
                 await c.connect();
             } catch (err) {
-                throw new MessagingUnavailableError(`Cannot connect to Redis at ${maskRedisUrl(url)}: ${asError(err).message}. ` +
+                const why = (cause ?? asError(err)).message.replace(/\.+$/, "");
+                throw new MessagingUnavailableError(`Cannot connect to Redis at ${maskRedisUrl(url)}: ${why}. ` +
                     `Check that redis-server runs there, the user and password in the URL, and rediss:// for a TLS port`,
-                { cause: err, details: { url: maskRedisUrl(url) } });
+                { cause: cause ?? err, details: { url: maskRedisUrl(url) } });
             }
         };
         try {
@@ -249,8 +252,8 @@ export class RedisMessagingBackend implements MessagingBackend {
             sub.disconnect();
             throw err;
         }
-        redis.off("error", noop);
-        sub.off("error", noop);
+        redis.off("error", remember);
+        sub.off("error", remember);
         const backend = new RedisMessagingBackend(options, redis, sub);
         backend.#wasReady = true;
         if (options.namespace !== undefined) {
