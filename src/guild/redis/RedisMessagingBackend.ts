@@ -606,8 +606,10 @@ export class RedisMessagingBackend implements MessagingBackend {
         this.#closed = true;
         this.#topics.clear();
         for (const f of [...this.#idle]) f();
-        await this.#publishChain.catch(() => undefined);
         const quick = this.#redis.status === "ready" && this.#sub.status === "ready";
+        // Redis is away: pending publishes would wait for it forever; end them (they reject) and the connections now
+        if (!quick) for (const c of [this.#sub, this.#redis]) c.disconnect();
+        await this.#publishChain.catch(() => undefined);
         if (quick) {
             for (const t of topics) await this.#sub.unsubscribe(t).catch(() => undefined);
         }
@@ -616,10 +618,7 @@ export class RedisMessagingBackend implements MessagingBackend {
             if (lease && quick) await lease.release();
         }
         this.#leases.clear();
-        for (const c of [this.#sub, this.#redis]) {
-            if (quick) await c.quit().catch(() => c.disconnect());
-            else c.disconnect();
-        }
+        if (quick) for (const c of [this.#sub, this.#redis]) await c.quit().catch(() => c.disconnect());
     }
 
     #assertOpen(what: string): void {
