@@ -252,6 +252,22 @@ describe("RedisMessagingBackend (real redis-server)", function () {
             }
         });
 
+        it("close() while Redis is away returns at once and ends the publishes that waited for it", async function () {
+            const away = await startRedisServer({ persist: false });
+            const { backend, events } = await connect(away);
+            const lease = await backend.lease("g");
+            const m = createWireMessage({ generator: lease.generator, sender: { id: "a" }, topics: "t", payload: { k: 1 } });
+            const disconnected = once(events, "disconnected");
+            await away.kill();
+            await disconnected;
+            const pending = backend.publishWire("g", "t", m).then(() => undefined, (e: unknown) => e);
+            await backend.close();
+            const err = await pending;
+            expect(err).to.be.instanceOf(MessagingUnavailableError);
+            expect(backend.closed).to.equal(true);
+            await away.stop();
+        });
+
         it("publish after close() is a typed error (ERR_MESSAGING_UNAVAILABLE)", async function () {
             const { backend } = await connect(server);
             const lease = await backend.lease("g");
