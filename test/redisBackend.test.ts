@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import {
-    AgentBuilder, GuildBuilder, InMemoryMessagingBackend, MessagingUnavailableError, RedisMessagingBackend,
+    AgentBuilder, GuildBuilder, InMemoryMessagingBackend, MachineIdLease, MessagingUnavailableError, RedisMessagingBackend, machineIdKey,
     createWireMessage, gemstoneParts, parseWireMessage, readWireMessage, serializeWireMessage,
     type RedisBackendEvent, type WireMessage,
 } from "../src/index.js";
@@ -363,6 +363,27 @@ describe("RedisMessagingBackend (real redis-server)", function () {
             expect(await admin.exists(`machine:g:${la.machineId}`)).to.equal(0);
             await b.backend.close();
             admin.disconnect();
+        });
+
+        it("takes its number back after an expiry, and moves to another one when someone else took it", async function () {
+            const redis = await server.client();
+            const changes: unknown[] = [];
+            const lease = await MachineIdLease.acquire(redis, { namespace: "m", range: [200, 201], ttlMs: 60_000, onChange: (e) => changes.push(e) });
+            const first = lease.machineId;
+            const other = first === 200 ? 201 : 200;
+            // expired (e.g. Redis was away longer than the ttl) and still free: the same number again
+            await redis.del(machineIdKey("m", first));
+            expect(await lease.renew()).to.equal(first);
+            expect(await redis.get(machineIdKey("m", first))).to.equal(lease.owner);
+            // expired and taken by another process: move to a free number, and say so
+            await redis.set(machineIdKey("m", first), "someone-else");
+            expect(await lease.renew()).to.equal(other);
+            expect(changes).to.deep.equal([{ type: "moved", from: first, to: other }]);
+            expect(gemstoneParts(lease.next()).machineId).to.equal(other);
+            await lease.release();
+            expect(await redis.exists(machineIdKey("m", other))).to.equal(0);
+            expect(await redis.get(machineIdKey("m", first))).to.equal("someone-else");
+            redis.disconnect();
         });
 
         it("runs out with a typed error when every id of the range is taken", async function () {
