@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import {
-    AgentBuilder, GuildBuilder, InMemoryMessagingBackend, MessagingUnavailableError, RedisMessagingBackend,
+    AgentBuilder, GuildBuilder, InMemoryMessagingBackend, MachineIdLease, MessagingUnavailableError, RedisMessagingBackend, machineIdKey,
     createWireMessage, gemstoneParts, parseWireMessage, readWireMessage, serializeWireMessage,
     type RedisBackendEvent, type WireMessage,
 } from "../src/index.js";
@@ -252,6 +252,22 @@ describe("RedisMessagingBackend (real redis-server)", function () {
             }
         });
 
+        it("close() while Redis is away returns at once and ends the publishes that waited for it", async function () {
+            const away = await startRedisServer({ persist: false });
+            const { backend, events } = await connect(away);
+            const lease = await backend.lease("g");
+            const m = createWireMessage({ generator: lease.generator, sender: { id: "a" }, topics: "t", payload: { k: 1 } });
+            const disconnected = once(events, "disconnected");
+            await away.kill();
+            await disconnected;
+            const pending = backend.publishWire("g", "t", m).then(() => undefined, (e: unknown) => e);
+            await backend.close();
+            const err = await pending;
+            expect(err).to.be.instanceOf(MessagingUnavailableError);
+            expect(backend.closed).to.equal(true);
+            await away.stop();
+        });
+
         it("publish after close() is a typed error (ERR_MESSAGING_UNAVAILABLE)", async function () {
             const { backend } = await connect(server);
             const lease = await backend.lease("g");
@@ -347,6 +363,27 @@ describe("RedisMessagingBackend (real redis-server)", function () {
             expect(await admin.exists(`machine:g:${la.machineId}`)).to.equal(0);
             await b.backend.close();
             admin.disconnect();
+        });
+
+        it("takes its number back after an expiry, and moves to another one when someone else took it", async function () {
+            const redis = await server.client();
+            const changes: unknown[] = [];
+            const lease = await MachineIdLease.acquire(redis, { namespace: "m", range: [200, 201], ttlMs: 60_000, onChange: (e) => changes.push(e) });
+            const first = lease.machineId;
+            const other = first === 200 ? 201 : 200;
+            // expired (e.g. Redis was away longer than the ttl) and still free: the same number again
+            await redis.del(machineIdKey("m", first));
+            expect(await lease.renew()).to.equal(first);
+            expect(await redis.get(machineIdKey("m", first))).to.equal(lease.owner);
+            // expired and taken by another process: move to a free number, and say so
+            await redis.set(machineIdKey("m", first), "someone-else");
+            expect(await lease.renew()).to.equal(other);
+            expect(changes).to.deep.equal([{ type: "moved", from: first, to: other }]);
+            expect(gemstoneParts(lease.next()).machineId).to.equal(other);
+            await lease.release();
+            expect(await redis.exists(machineIdKey("m", other))).to.equal(0);
+            expect(await redis.get(machineIdKey("m", first))).to.equal("someone-else");
+            redis.disconnect();
         });
 
         it("runs out with a typed error when every id of the range is taken", async function () {

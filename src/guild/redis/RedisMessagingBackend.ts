@@ -186,6 +186,9 @@ export class RedisMessagingBackend implements MessagingBackend {
     #publishChain: Promise<unknown> = Promise.resolve();
     #closed = false;
     #closing?: Promise<void>;
+    /** Rejects when close() gives up on a Redis that is away: every wait on Redis races it. */
+    readonly #abandoned: Promise<never>;
+    #abandon!: (err: Error) => void;
     #wasReady = false;
     #reconnecting = false;
     readonly #badSeen = new Set<string>();
@@ -199,6 +202,8 @@ export class RedisMessagingBackend implements MessagingBackend {
         this.#onEvent = options.onEvent;
         this.#deliveryName = options.deliveryBackendName ?? "RedisMessagingBackend";
         this.#leaseOptions = options.machineId;
+        this.#abandoned = new Promise<never>((_, reject) => { this.#abandon = reject; });
+        this.#abandoned.catch(() => undefined);
         sub.on("message", (channel: string, text: string) => this.#onPubSub(channel, text));
         sub.on("ready", () => {
             if (this.#wasReady) void this.#resume();
@@ -338,13 +343,13 @@ export class RedisMessagingBackend implements MessagingBackend {
     #store(namespace: string, nsTopic: string, id: bigint, timestamp: number, json: string): Promise<void> {
         const run = async () => {
             try {
-                const results = await this.#redis.pipeline()
+                const results = await this.#guard(this.#redis.pipeline()
                     .set(`msg:${namespace}:${id}`, json, "EX", this.messageTtlSeconds)
                     .zadd(nsTopic, timestamp, json)
-                    .exec();
+                    .exec());
                 const failed = results?.find(([err]) => err);
                 if (failed) throw failed[0];
-                await this.#redis.publish(nsTopic, json);
+                await this.#guard(this.#redis.publish(nsTopic, json));
             } catch (err) {
                 throw this.#unavailable(`publish to ${nsTopic}`, err);
             }
@@ -360,7 +365,7 @@ export class RedisMessagingBackend implements MessagingBackend {
         if (ids.length === 0) return [];
         const pipe = this.#redis.pipeline();
         for (const id of ids) pipe.get(`msg:${namespace}:${id}`);
-        const results = (await pipe.exec()) ?? [];
+        const results = (await this.#guard(pipe.exec())) ?? [];
         const out: WireMessage[] = [];
         for (const [err, text] of results) {
             if (err || typeof text !== "string") continue;
@@ -395,7 +400,7 @@ export class RedisMessagingBackend implements MessagingBackend {
         clients.set(clientId, sub);
         try {
             if (first) this.#subscribed.set(nsTopic, this.#sub.subscribe(nsTopic));
-            await this.#subscribed.get(nsTopic);
+            await this.#guard(this.#subscribed.get(nsTopic)!);
             await this.#replay(sub);
         } catch (err) {
             clients.delete(clientId);
@@ -427,11 +432,11 @@ export class RedisMessagingBackend implements MessagingBackend {
 
     /** Loads the position and queues the backlog after it (Python's `_replay_backlog`). Returns how many were queued. */
     async #replay(sub: ClientSub): Promise<number> {
-        const raw = await this.#redis.get(positionKey(sub.clientId, sub.topic));
+        const raw = await this.#guard(this.#redis.get(positionKey(sub.clientId, sub.topic)));
         const last = raw !== null && /^\d+$/.test(raw) ? BigInt(raw) : 0n;
-        const texts = last === 0n
-            ? await this.#redis.zrange(sub.topic, "0", "-1")
-            : await this.#redis.zrangebyscore(sub.topic, String(gemstoneParts(last).timestamp), "+inf");
+        const texts = await this.#guard(last === 0n
+            ? this.#redis.zrange(sub.topic, "0", "-1")
+            : this.#redis.zrangebyscore(sub.topic, String(gemstoneParts(last).timestamp), "+inf"));
         const lastTs = last === 0n ? -1 : gemstoneParts(last).timestamp;
         const good: { message: WireMessage; text: string }[] = [];
         for (const text of texts) {
@@ -526,7 +531,7 @@ export class RedisMessagingBackend implements MessagingBackend {
             await this.#deadLetter(sub, message, error.name || error.constructor?.name || "Error", error.message);
         }
         try {
-            await this.#redis.set(positionKey(sub.clientId, sub.topic), message.id.toString());
+            await this.#guard(this.#redis.set(positionKey(sub.clientId, sub.topic), message.id.toString()));
         } catch (err) {
             this.#emit({ type: "position_failed", clientId: sub.clientId, topic: sub.topic, error: asError(err) });
         }
@@ -606,8 +611,13 @@ export class RedisMessagingBackend implements MessagingBackend {
         this.#closed = true;
         this.#topics.clear();
         for (const f of [...this.#idle]) f();
-        await this.#publishChain.catch(() => undefined);
         const quick = this.#redis.status === "ready" && this.#sub.status === "ready";
+        if (!quick) {
+            // Redis is away: what waits for it would wait forever; reject it now, and drop the connections
+            this.#abandon(new MessagingUnavailableError(`RedisMessagingBackend at ${this.url} was closed while Redis was unreachable; the operation did not complete`, { details: { url: this.url } }));
+            for (const c of [this.#sub, this.#redis]) c.disconnect();
+        }
+        await this.#publishChain.catch(() => undefined);
         if (quick) {
             for (const t of topics) await this.#sub.unsubscribe(t).catch(() => undefined);
         }
@@ -616,10 +626,12 @@ export class RedisMessagingBackend implements MessagingBackend {
             if (lease && quick) await lease.release();
         }
         this.#leases.clear();
-        for (const c of [this.#sub, this.#redis]) {
-            if (quick) await c.quit().catch(() => c.disconnect());
-            else c.disconnect();
-        }
+        if (quick) for (const c of [this.#sub, this.#redis]) await c.quit().catch(() => c.disconnect());
+    }
+
+    /** `p`, or the rejection of a close() that gave up on an unreachable Redis. */
+    #guard<T>(p: Promise<T>): Promise<T> {
+        return Promise.race([p, this.#abandoned]);
     }
 
     #assertOpen(what: string): void {
