@@ -84,6 +84,8 @@ export interface PhiServerOptions {
     completionMaxTokens?: number;
     /** Where the server's log lines go (default: stderr). */
     log?: (line: string) => void;
+    /** How the model is loaded (default PhiModel.load): e.g. to share one load, or to wrap it. */
+    loader?: (options: LoadOptions) => Promise<PhiModel>;
 }
 
 /** What the server reports for each finished generation ("generation" event of PhiServer.events). */
@@ -92,6 +94,12 @@ export interface GenerationEvent {
     finishReason: string;
     promptTokens: number;
     completionTokens: number;
+}
+
+/** The warning for a server others can reach without a key (undefined when there is nothing to warn about). */
+export function exposureWarning(host: string, apiKey: string | undefined): string | undefined {
+    if (isLoopback(host) || apiKey) return undefined;
+    return `listening on ${host} without an API key: anyone who can reach this address can use the model. Pass --api-key KEY (or set PHI_AGENT_API_KEY), or bind 127.0.0.1`;
 }
 
 function isLoopback(host: string): boolean {
@@ -286,7 +294,8 @@ export class PhiServer implements AsyncDisposable {
 
         await app.listen({ host, port });
         const loadAbort = new AbortController();
-        const ready = PhiModel.load({ ...load, modelPath: options.modelPath, signal: loadAbort.signal }).then((model) => {
+        const loader = options.loader ?? ((o: LoadOptions) => PhiModel.load(o));
+        const ready = Promise.resolve().then(() => loader({ ...load, modelPath: options.modelPath, signal: loadAbort.signal })).then((model) => {
             if (core.closing) {
                 void model.dispose();
                 throw new AbortError("The server closed while the model was loading");
@@ -300,9 +309,8 @@ export class PhiServer implements AsyncDisposable {
         });
         ready.catch(() => undefined); // the CLI (or the caller) awaits it; the server keeps answering 503 meanwhile
         const server = new PhiServer(app, core, events, modelId, ready, log, shutdownTimeoutMs, loadAbort);
-        if (!isLoopback(host) && !options.apiKey) {
-            log(`phi-agent serve: warning: listening on ${host} without an API key: anyone who can reach this address can use the model. Pass --api-key KEY (or set PHI_AGENT_API_KEY), or bind 127.0.0.1`);
-        }
+        const warning = exposureWarning(host, options.apiKey);
+        if (warning) log(`phi-agent serve: warning: ${warning}`);
         return server;
     }
 

@@ -8,6 +8,6 @@
  *     ...
  *     await server.close();          // graceful: in-flight responses finish (bounded), then the model is freed
  */
-export { PhiServer, SERVER_DEFAULTS, type PhiServerOptions, type GenerationEvent } from "./PhiServer.js";
+export { PhiServer, SERVER_DEFAULTS, exposureWarning, type PhiServerOptions, type GenerationEvent } from "./PhiServer.js";
 export { ApiError, type ApiErrorType } from "./errors.js";
 export { responseFormatOptions, type ResponseFormat } from "./responseFormat.js";
