@@ -73,7 +73,7 @@ export function formatPhi2Chat(messages: readonly Phi2ChatMessage[]): { prompt: 
             throw new PhiRangeError(`messages[${i}].role is ${JSON.stringify((m as { role: unknown }).role)}; Phi-2 chat knows "system", "developer", "user" and "assistant"`);
         }
     });
-    if (turns.length === 0) throw new PhiRangeError(`messages has no user message; a chat needs at least one { role: "user", content }`);
+    if (!turns.some((t) => t.role === "user")) throw new PhiRangeError(`messages has no user message; a chat needs at least one { role: "user", content }`);
     const stop = [...PHI2_STOP];
     if (turns.length === 1 && turns[0]!.role === "user") {
         const head = system.length ? `${system.join("\n")}\n` : "";

@@ -22,7 +22,7 @@ import { AbortError, PhiRangeError, PhiTypeError } from "../errors.js";
 import { checkPhi2, inspectGGUF, type GGUFSummary } from "../gguf/validate.js";
 import { metaString } from "../gguf/reader.js";
 import { PhiModel } from "../model/PhiModel.js";
-import { LOAD_DEFAULTS } from "../model/options.js";
+import { LOAD_DEFAULTS, resolveLoadOptions } from "../model/options.js";
 import type { LoadOptions } from "../model/types.js";
 import { packageRoot } from "../native/binding.js";
 import { keyChecker } from "./auth.js";
@@ -125,7 +125,7 @@ function checkInt(name: string, v: unknown, min: number, max: number): number | 
 export class PhiServer implements AsyncDisposable {
     readonly app: FastifyInstance;
     readonly core: ServingCore;
-    /** "generation" (GenerationEvent) after each generation ends, "ready" (PhiModel) once loaded. */
+    /** "generation" (GenerationEvent) after each generation ends, "admitted" ({ inFlight }) when a request is admitted, "ready" (PhiModel) once loaded. */
     readonly events: EventEmitter;
     /** Resolves with the model once it is loaded; rejects when the load fails (the server keeps answering 503). */
     readonly ready: Promise<PhiModel>;
@@ -191,6 +191,7 @@ export class PhiServer implements AsyncDisposable {
         }
         const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
         const load = options.load ?? {};
+        resolveLoadOptions({ ...load, modelPath: options.modelPath }); // bad load options fail here, before anything listens
         const parallel = load.sequences ?? LOAD_DEFAULTS.sequences;
 
         // The header first: a missing or unusable file fails here, before anything listens.
@@ -212,7 +213,7 @@ export class PhiServer implements AsyncDisposable {
         const events = new EventEmitter();
         let core!: ServingCore;
         const metrics = new ServerMetrics(() => core.queueState());
-        core = new ServingCore(metrics, { parallel, maxQueue, writeTimeoutMs }, (e) => events.emit("generation", e));
+        core = new ServingCore(metrics, { parallel, maxQueue, writeTimeoutMs }, (e) => events.emit("generation", e), (e) => events.emit("admitted", e));
         const ctx: ServerContext = {
             core,
             modelId,

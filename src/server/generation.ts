@@ -83,7 +83,8 @@ export class ServingCore {
     readonly #tokenText = new Map<number, string>();
 
     constructor(readonly metrics: ServerMetrics, readonly limits: ServingLimits,
-        readonly onGeneration: (e: { route: string; finishReason: string; promptTokens: number; completionTokens: number }) => void = () => undefined) {}
+        readonly onGeneration: (e: { route: string; finishReason: string; promptTokens: number; completionTokens: number }) => void = () => undefined,
+        readonly onAdmit: (e: { inFlight: number }) => void = () => undefined) {}
 
     get closing(): boolean {
         return this.#closing;
@@ -134,6 +135,7 @@ export class ServingCore {
                 { retryAfter: 1 });
         }
         this.#admitted++;
+        this.onAdmit({ inFlight: this.#admitted });
         let released = false;
         return {
             model,

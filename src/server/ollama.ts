@@ -9,7 +9,7 @@ import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import type { Static } from "@sinclair/typebox";
 import type { GenerateOptions, GenerationResult } from "../model/types.js";
 import { ApiError, notSupported } from "./errors.js";
-import type { JobSpec, StreamEncoder } from "./generation.js";
+import type { JobSpec, LogprobEntry, StreamEncoder } from "./generation.js";
 import { ollamaFormat, responseFormatOptions } from "./responseFormat.js";
 import { OllamaChatBody, OllamaGenerateBody, OllamaShowBody } from "./schemas.js";
 import type { ServerContext } from "./context.js";
@@ -56,6 +56,19 @@ function withStops(options: { stop?: string[] }, stops: readonly string[]): void
 }
 
 const ns = (ms: number) => Math.round(ms * 1e6);
+
+/** Ollama's logprobs: [{ token, logprob, bytes, top_logprobs: [{ token, logprob, bytes }] }]. */
+function ollamaLogprobs(entries: LogprobEntry[] | undefined): { logprobs?: unknown[] } {
+    if (!entries) return {};
+    return { logprobs: entries.map((e) => ({ token: e.token, logprob: e.logprob, bytes: e.bytes, top_logprobs: e.top })) };
+}
+
+/** The alternatives per token a request asks for (undefined: no logprobs). */
+function logprobsOf(body: { logprobs?: boolean | null; top_logprobs?: number | null }): { logprobs?: number } {
+    if (body.logprobs === true) return { logprobs: nn(body.top_logprobs) ?? 0 };
+    if (nn(body.top_logprobs)) throw new ApiError(400, "invalid_value", `"top_logprobs" needs "logprobs": true`, { param: "top_logprobs" });
+    return {};
+}
 
 export function registerOllamaRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const f = app.withTypeProvider<TypeBoxTypeProvider>();
@@ -146,20 +159,20 @@ export function registerOllamaRoutes(app: FastifyInstance, ctx: ServerContext): 
             text = chat.prompt;
             withStops(options, chat.stop);
         }
-        const spec: JobSpec = { route: "/api/generate", prompt: text, options, promptParam: "prompt", maxTokensParam: "options.num_predict" };
+        const spec: JobSpec = { route: "/api/generate", prompt: text, options, promptParam: "prompt", maxTokensParam: "options.num_predict", ...logprobsOf(body) };
         if (body.stream !== false) {
             const encoder: StreamEncoder = {
                 contentType: "application/x-ndjson",
                 start: () => "",
-                chunk: (t) => JSON.stringify({ model: name, created_at: createdAt(), response: t, done: false }) + "\n",
-                end: (r) => JSON.stringify({ model: name, created_at: createdAt(), response: "", done: true, ...stats(r, started) }) + "\n",
+                chunk: (t, lp) => JSON.stringify({ model: name, created_at: createdAt(), response: t, done: false, ...ollamaLogprobs(lp) }) + "\n",
+                end: (r, lp) => JSON.stringify({ model: name, created_at: createdAt(), response: "", done: true, ...stats(r, started), ...(lp?.length ? ollamaLogprobs(lp) : {}) }) + "\n",
                 error: (e) => JSON.stringify(ctx.errorBody(e, request.url)) + "\n",
             };
             await core.stream(request, reply, spec, encoder);
             return reply;
         }
-        const { result } = await core.complete(reply, spec);
-        return { model: name, created_at: createdAt(), response: result.text, done: true, ...stats(result, started) };
+        const { result, logprobs } = await core.complete(reply, spec);
+        return { model: name, created_at: createdAt(), response: result.text, done: true, ...stats(result, started), ...ollamaLogprobs(logprobs) };
     });
 
     f.post("/api/chat", { schema: { body: OllamaChatBody } }, async (request, reply) => {
@@ -176,19 +189,19 @@ export function registerOllamaRoutes(app: FastifyInstance, ctx: ServerContext): 
         }
         const chat = ctx.chat.format(messages);
         withStops(options, chat.stop);
-        const spec: JobSpec = { route: "/api/chat", prompt: chat.prompt, options, promptParam: "messages", maxTokensParam: "options.num_predict" };
+        const spec: JobSpec = { route: "/api/chat", prompt: chat.prompt, options, promptParam: "messages", maxTokensParam: "options.num_predict", ...logprobsOf(body) };
         if (body.stream !== false) {
             const encoder: StreamEncoder = {
                 contentType: "application/x-ndjson",
                 start: () => "",
-                chunk: (t) => JSON.stringify({ model: name, created_at: createdAt(), message: { role: "assistant", content: t }, done: false }) + "\n",
-                end: (r) => JSON.stringify({ model: name, created_at: createdAt(), message: { role: "assistant", content: "" }, done: true, ...stats(r, started) }) + "\n",
+                chunk: (t, lp) => JSON.stringify({ model: name, created_at: createdAt(), message: { role: "assistant", content: t }, done: false, ...ollamaLogprobs(lp) }) + "\n",
+                end: (r, lp) => JSON.stringify({ model: name, created_at: createdAt(), message: { role: "assistant", content: "" }, done: true, ...stats(r, started), ...(lp?.length ? ollamaLogprobs(lp) : {}) }) + "\n",
                 error: (e) => JSON.stringify(ctx.errorBody(e, request.url)) + "\n",
             };
             await core.stream(request, reply, spec, encoder);
             return reply;
         }
-        const { result } = await core.complete(reply, spec);
-        return { model: name, created_at: createdAt(), message: { role: "assistant", content: result.text }, done: true, ...stats(result, started) };
+        const { result, logprobs } = await core.complete(reply, spec);
+        return { model: name, created_at: createdAt(), message: { role: "assistant", content: result.text }, done: true, ...stats(result, started), ...ollamaLogprobs(logprobs) };
     });
 }

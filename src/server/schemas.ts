@@ -6,12 +6,12 @@
  * number.
  */
 import { Kind, Type, type TSchema } from "@sinclair/typebox";
-import { TypeCompiler } from "@sinclair/typebox/compiler";
+import { TypeCompiler, type ValueError } from "@sinclair/typebox/compiler";
 import { MAX_STOP_STRINGS, OPTION_SCHEMAS, optionSchema } from "../model/limits.js";
 import { ApiError } from "./errors.js";
 
-/** Most alternatives per token for logprobs (OpenAI's top_logprobs bound). */
-export const MAX_TOP_LOGPROBS = 20;
+/** Most alternatives per token for logprobs (OpenAI's top_logprobs bound; GenerateOptions.logprobs' range). */
+export const MAX_TOP_LOGPROBS = OPTION_SCHEMAS.logprobs.maximum!;
 
 const Nullable = <T extends TSchema>(schema: T) => Type.Optional(Type.Union([schema, Type.Null()]));
 const open = { additionalProperties: true } as const;
@@ -94,6 +94,8 @@ const OllamaCommon = {
     options: Nullable(OllamaOptions),
     keep_alive: Type.Optional(Type.Unknown()),
     think: Type.Optional(Type.Unknown()),
+    logprobs: Nullable(Type.Boolean()),
+    top_logprobs: Nullable(Type.Integer({ minimum: 0, maximum: MAX_TOP_LOGPROBS })),
 };
 
 export const OllamaGenerateBody = Type.Object({
@@ -187,6 +189,17 @@ export function pathToParam(path: string): string {
     return out;
 }
 
+/** Under a failed union (a nullable field, say), the deepest error of its variants: the field that was wrong. */
+function deepest(error: ValueError | undefined): ValueError | undefined {
+    if (!error) return undefined;
+    let best = error;
+    for (const variant of error.errors ?? []) {
+        const inner = deepest(variant.First());
+        if (inner && inner.path.length > best.path.length) best = inner;
+    }
+    return best;
+}
+
 /**
  * fastify's validatorCompiler: typebox's compiled check; the first error (the deepest one under a union that
  * failed) becomes an ApiError 400 naming the field and what it allows.
@@ -198,7 +211,7 @@ export function typeboxValidator({ schema }: { schema: unknown }): (data: unknow
         if (typeof data !== "object" || data === null || Array.isArray(data)) {
             return { error: new ApiError(400, "invalid_request", `The request body must be a JSON object, got ${Array.isArray(data) ? "an array" : show(data)}`) };
         }
-        const first = check.Errors(data).First();
+        const first = deepest(check.Errors(data).First());
         const path = first?.path ?? "";
         const param = pathToParam(path) || null;
         const missing = first?.value === undefined;
