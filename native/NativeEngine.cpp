@@ -56,6 +56,8 @@ struct Event {
     bool done = false;
     std::string text;
     llama_token token = -1;
+    bool hasLogprobs = false;
+    TokenLogprobs logprobs;
     std::vector<llama_token> tokens;
     std::vector<float> logits;
     std::string finishReason;
@@ -75,6 +77,16 @@ void CallJsBody(Napi::Env env, Napi::Function fn, Event* event) {
     if (!owned->done) {
         payload.Set("text", Napi::String::New(env, owned->text));
         payload.Set("token", Napi::Number::New(env, owned->token));
+        if (owned->hasLogprobs) {
+            const TokenLogprobs& lp = owned->logprobs;
+            payload.Set("logprob", Napi::Number::New(env, lp.logprob));
+            Napi::Int32Array ids = Napi::Int32Array::New(env, lp.topTokens.size());
+            std::copy(lp.topTokens.begin(), lp.topTokens.end(), ids.Data());
+            Napi::Float32Array lps = Napi::Float32Array::New(env, lp.topLogprobs.size());
+            std::copy(lp.topLogprobs.begin(), lp.topLogprobs.end(), lps.Data());
+            payload.Set("topTokens", ids);
+            payload.Set("topLogprobs", lps);
+        }
         fn.Call({Napi::String::New(env, "token"), payload});
         return;
     }
@@ -171,6 +183,39 @@ private:
     Napi::ObjectReference selfRef_;
     std::function<void()> onDone_;
 };
+
+// log-softmax of `logits` at `token`, and the `top` most likely tokens (ties: the lower id first).
+void ComputeLogprobs(const float* logits, int32_t nVocab, llama_token token, int32_t top, TokenLogprobs& out) {
+    float max = logits[0];
+    for (int32_t i = 1; i < nVocab; i++) max = std::max(max, logits[i]);
+    double sum = 0;
+    for (int32_t i = 0; i < nVocab; i++) sum += std::exp((double)(logits[i] - max));
+    const double lse = (double)max + std::log(sum);
+    out.logprob = (float)((double)logits[token] - lse);
+    const int32_t k = std::min(top, nVocab);
+    out.topTokens.clear();
+    out.topLogprobs.clear();
+    if (k <= 0) return;
+    // a min-heap of the k best (logit, id) pairs seen so far
+    auto better = [&](llama_token a, llama_token b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+    std::vector<llama_token> heap;
+    heap.reserve((size_t)k);
+    for (llama_token i = 0; i < nVocab; i++) {
+        if ((int32_t)heap.size() < k) {
+            heap.push_back(i);
+            std::push_heap(heap.begin(), heap.end(), better);
+        } else if (better(i, heap.front())) {
+            std::pop_heap(heap.begin(), heap.end(), better);
+            heap.back() = i;
+            std::push_heap(heap.begin(), heap.end(), better);
+        }
+    }
+    std::sort_heap(heap.begin(), heap.end(), better);
+    for (llama_token id : heap) {
+        out.topTokens.push_back(id);
+        out.topLogprobs.push_back((float)((double)logits[id] - lse));
+    }
+}
 
 
 // submit() options: every field is required (src/model/options.ts resolves the defaults; this is not a second copy).
@@ -428,6 +473,8 @@ Napi::Value NativeEngine::Submit(const Napi::CallbackInfo& info) {
     if (r->maxTokens == 0) throw Napi::RangeError::New(env, "submit(): \"maxTokens\" is -1 (no bound) or at least 1");
     r->stream = RequireBool(o, "stream");
     r->captureLogits = RequireBool(o, "captureLogits");
+    r->logprobs = (int32_t)RequireInt(o, "logprobs", -1, 1024);  // src/model/limits.ts bounds it (OPTION_SCHEMAS.logprobs)
+    if (r->logprobs >= 0 && !r->stream) throw Napi::RangeError::New(env, "submit(): \"logprobs\" needs \"stream\" (they come with the token events)");
     r->sampling.temperature = (float)RequireNumber(o, "temperature");
     r->sampling.topK = (int32_t)RequireInt(o, "topK", 0, 2147483647.0);
     r->sampling.topP = (float)RequireNumber(o, "topP");
@@ -757,12 +804,17 @@ void NativeEngine::Step() {
             if (logits != nullptr) r->logits.assign(logits, logits + model_->NVocab());
         }
         const llama_token token = api.llama_sampler_sample(r->sampler.get(), ctx_.get(), r->batchIndex);
+        TokenLogprobs lp;
+        if (r->logprobs >= 0) {
+            const float* logits = api.llama_get_logits_ith(ctx_.get(), r->batchIndex);
+            if (logits != nullptr) ComputeLogprobs(logits, model_->NVocab(), token, r->logprobs, lp);
+        }
         r->batchIndex = -1;
         if (!r->generating) {
             r->generating = true;
             r->tFirst = NowUs();
         }
-        ProcessToken(*r, token);
+        ProcessToken(*r, token, r->logprobs >= 0 ? &lp : nullptr);
         if (!r->finishReason.empty()) {
             std::lock_guard<std::mutex> lock(mutex_);
             Finish(r, r->finishReason);
@@ -771,7 +823,7 @@ void NativeEngine::Step() {
 }
 
 // Decides what `token` means for the request; sets finishReason when it ends (Step() then finishes it).
-void NativeEngine::ProcessToken(Request& r, llama_token token) {
+void NativeEngine::ProcessToken(Request& r, llama_token token, const TokenLogprobs* logprobs) {
     const LlamaApi& api = LlamaLib::Api();
     if (api.llama_vocab_is_eog(model_->Vocab(), token)) {
         r.finishReason = "eos";
@@ -795,13 +847,17 @@ void NativeEngine::ProcessToken(Request& r, llama_token token) {
     else if (length) r.finishReason = "length";
     else if (context) r.finishReason = "context";
     else r.lastToken = token;
-    if (r.stream) PostChunk(r, token, std::move(chunk));  // one chunk per generated token, "" while held back
+    if (r.stream) PostChunk(r, token, std::move(chunk), logprobs);  // one chunk per generated token, "" while held back
 }
 
-void NativeEngine::PostChunk(Request& r, llama_token token, std::string text) {
+void NativeEngine::PostChunk(Request& r, llama_token token, std::string text, const TokenLogprobs* logprobs) {
     auto* event = new Event();
     event->token = token;
     event->text = std::move(text);
+    if (logprobs != nullptr) {
+        event->hasLogprobs = true;
+        event->logprobs = *logprobs;
+    }
     if (r.callback.NonBlockingCall(event, CallJs) != napi_ok) delete event;
 }
 

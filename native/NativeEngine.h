@@ -53,6 +53,14 @@ struct SamplingParams {
     uint32_t seed;
 };
 
+// A sampled token's log-probability under the model's raw distribution (log-softmax of its logits, before any
+// sampler) and the `top` most likely tokens with theirs, most likely first (GenerateOptions.logprobs).
+struct TokenLogprobs {
+    float logprob = 0;
+    std::vector<llama_token> topTokens;
+    std::vector<float> topLogprobs;
+};
+
 struct Request {
     // Copied from JS on submit.
     uint32_t id = 0;
@@ -61,6 +69,7 @@ struct Request {
     int32_t maxTokens = -1;  // -1 = until EOS / end of context (its KV cells grow, see above)
     bool stream = false;
     bool captureLogits = false;  // keep the first step's logits (PhiModel.evaluate)
+    int32_t logprobs = -1;       // -1: off; else stream each token's logprob and this many top alternatives
     std::vector<float> logits;
     Napi::ThreadSafeFunction callback;  // (kind: "token"|"done"|"error", payload)
 
@@ -114,8 +123,8 @@ private:
     void Step();
     void GrowCells();
     bool Paused(const Request& r) const { return honorPause_ && r.paused; }  // the next token's KV cell for every growing request without maxTokens
-    void PostChunk(Request& r, llama_token token, std::string text);
-    void ProcessToken(Request& r, llama_token token);
+    void PostChunk(Request& r, llama_token token, std::string text, const TokenLogprobs* logprobs = nullptr);
+    void ProcessToken(Request& r, llama_token token, const TokenLogprobs* logprobs);
     void Finish(std::shared_ptr<Request> r, const std::string& reason);
     void Fail(std::shared_ptr<Request> r, const std::string& code, const std::string& message);
     void PostDone(const std::shared_ptr<Request>& r);  // the final result or error, then releases the callback

@@ -6,9 +6,10 @@
  */
 export { PhiModel, type GenerationStream } from "./model/PhiModel.js";
 export type {
-    DeviceInfo, DeviceSpec, FinishReason, GenerateOptions, GenerationResult, GenerationUsage, LoadOptions, ModelInfo,
-    TokenChunk, TokenizeOptions,
+    DeviceInfo, DeviceSpec, FinishReason, GeneratedTokenLogprob, GenerateOptions, GenerationResult, GenerationUsage, LoadOptions,
+    ModelInfo, TokenChunk, TokenizeOptions, TokenLogprob,
 } from "./model/types.js";
+export { formatPhi2Prompt, formatPhi2Chat, PHI2_STOP, PHI2_USER, PHI2_ASSISTANT, type Phi2ChatMessage } from "./prompt/phi2.js";
 export { listDevices, llamaLibraryInfo } from "./model/devices.js";
 export { quantizeModel, isQuantType, QUANT_TYPES, type QuantType, type QuantizeOptions } from "./model/quantize.js";
 export { GENERATE_DEFAULTS, LOAD_DEFAULTS } from "./model/options.js";

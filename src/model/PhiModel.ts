@@ -12,7 +12,7 @@ import { defaultThreads, loadBinding, type NativeEngine, type NativeModel, type 
 import { selectDevice } from "./devices.js";
 import { kvCacheBytes } from "./limits.js";
 import { checkText, checkTokens, resolveContext, resolveGenerateOptions, resolveLoadOptions, resolveTokenizeOptions, type ResolvedGenerateOptions } from "./options.js";
-import type { GenerateOptions, GenerationResult, LoadOptions, ModelInfo, TokenChunk, TokenizeOptions } from "./types.js";
+import type { GeneratedTokenLogprob, GenerateOptions, GenerationResult, LoadOptions, ModelInfo, TokenChunk, TokenLogprob, TokenizeOptions } from "./types.js";
 
 /** Rewrites an error's stack to point at the JS caller that started the native work. */
 function withCallerStack<E extends Error>(error: E, caller: Error): E {
@@ -324,19 +324,31 @@ export class PhiModel implements AsyncDisposable {
         if (o.signal?.aborted) return Promise.reject(abortError("The generation was aborted before it started", o.signal, caller));
         const captureLogits = hooks.captureLogits ?? false;
         const onToken = o.onToken;
+        // logprobs come with the token events: the result's list is collected from them
+        const logprobs: GeneratedTokenLogprob[] | undefined = o.logprobs >= 0 ? [] : undefined;
         const promise = new Promise<GenerationResult>((resolve, reject) => {
             let id = -1;
             const onAbort = () => engine.cancel(id);
             const settle = () => o.signal?.removeEventListener("abort", onAbort);
             try {
                 id = engine.submit(tokens, {
-                maxTokens: o.maxTokens, stream: onToken !== undefined, temperature: o.temperature, topK: o.topK, topP: o.topP,
+                maxTokens: o.maxTokens, stream: onToken !== undefined || logprobs !== undefined, temperature: o.temperature, topK: o.topK, topP: o.topP,
                 minP: o.minP, repeatPenalty: o.repeatPenalty, presencePenalty: o.presencePenalty,
                 frequencyPenalty: o.frequencyPenalty, repeatLastN: o.repeatLastN, seed: o.seed, stop: o.stop, captureLogits,
+                logprobs: o.logprobs,
             }, (kind, payload) => {
                 if (kind === "token") {
+                    let chunk: TokenChunk = { text: payload.text, token: payload.token };
+                    if (logprobs && payload.logprob !== undefined) {
+                        const top: TokenLogprob[] = [];
+                        const ids = payload.topTokens ?? new Int32Array(0);
+                        const lps = payload.topLogprobs ?? new Float32Array(0);
+                        for (let i = 0; i < ids.length; i++) top.push({ token: ids[i]!, logprob: lps[i]! });
+                        chunk = { text: payload.text, token: payload.token, logprob: payload.logprob, topLogprobs: top };
+                        logprobs.push({ token: payload.token, logprob: payload.logprob, topLogprobs: top });
+                    }
                     try {
-                        onToken?.(payload);
+                        onToken?.(chunk);
                     } catch (err) { // a throwing callback cancels the generation and rejects it
                         engine.cancel(id);
                         settle();
@@ -347,6 +359,7 @@ export class PhiModel implements AsyncDisposable {
                 settle();
                 if (kind === "error") return reject(nativeError(payload.code, payload.message, caller));
                 const result = toResult(payload);
+                if (logprobs) result.logprobs = logprobs;
                 if (captureLogits) Object.defineProperty(result, "logits", { value: payload.logits ?? new Float32Array(0) });
                 if (result.finishReason === "abort" && !o.stopOnAbort) {
                     const err = abortError("The generation was aborted", o.signal, caller);

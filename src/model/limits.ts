@@ -33,6 +33,7 @@ export const OPTION_SCHEMAS = {
     presencePenalty: Type.Number({ minimum: -100, maximum: 100, description: "0 = off." }),
     frequencyPenalty: Type.Number({ minimum: -100, maximum: 100, description: "0 = off." }),
     repeatLastN: Type.Integer({ minimum: 0, maximum: 1 << 20, description: "Tokens the penalties look back over." }),
+    logprobs: Type.Integer({ minimum: 0, maximum: 20, description: "Most likely alternatives reported with each token's logprob." }),
     // 0xFFFFFFFF is llama.cpp's "random seed"; a caller's seed is any other uint32.
     seed: Type.Integer({ minimum: 0, maximum: 0xfffffffe, description: "Sampling seed (same seed and options, same text)." }),
 } as const satisfies Record<string, TInteger | TNumber>;

@@ -37,6 +37,7 @@ export const GENERATE_DEFAULTS = Object.freeze({
     presencePenalty: 0,
     frequencyPenalty: 0,
     repeatLastN: 64,
+    logprobs: -1, // -1 = off
     truncate: "error" as const,
     stopOnAbort: false,
 });
@@ -280,7 +281,7 @@ export function resolveContext(o: ResolvedLoadOptions, hparams: Pick<Phi2HParams
 }
 
 const GENERATE_KEYS = new Set(["maxTokens", "temperature", "topK", "topP", "minP", "repeatPenalty", "presencePenalty",
-    "frequencyPenalty", "repeatLastN", "seed", "stop", "truncate", "signal", "onToken", "stopOnAbort"]);
+    "frequencyPenalty", "repeatLastN", "seed", "stop", "logprobs", "truncate", "signal", "onToken", "stopOnAbort"]);
 
 export interface ResolvedGenerateOptions {
     maxTokens: number; // -1 = unlimited
@@ -294,6 +295,7 @@ export interface ResolvedGenerateOptions {
     repeatLastN: number;
     seed: number;
     stop: string[];
+    logprobs: number; // -1 = off
     truncate: "error" | "start";
     stopOnAbort: boolean;
     signal?: AbortSignal;
@@ -320,6 +322,7 @@ export function resolveGenerateOptions(options: unknown): ResolvedGenerateOption
         repeatLastN: o.repeatLastN === undefined ? d.repeatLastN : checkOption("repeatLastN", o.repeatLastN),
         seed: o.seed === undefined ? randomSeed() : checkOption("seed", o.seed),
         stop: [],
+        logprobs: o.logprobs === undefined ? d.logprobs : checkOption("logprobs", o.logprobs),
         truncate: d.truncate,
         stopOnAbort: o.stopOnAbort === undefined ? d.stopOnAbort : checkBoolean("stopOnAbort", o.stopOnAbort),
     };

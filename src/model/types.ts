@@ -76,6 +76,21 @@ export interface TokenChunk {
      * generation ended (at EOS or abort: the start of a stop string that never completed, an incomplete character).
      */
     token: number;
+    /** With GenerateOptions.logprobs: this token's log-probability (natural log; absent on the token -1 chunk). */
+    logprob?: number;
+    /** With GenerateOptions.logprobs: the most likely tokens at this step, most likely first. */
+    topLogprobs?: TokenLogprob[];
+}
+
+/** A token id and its log-probability (natural log) under the model's raw next-token distribution. */
+export interface TokenLogprob {
+    token: number;
+    logprob: number;
+}
+
+/** One generated token's log-probability and the most likely alternatives at its step (GenerationResult.logprobs). */
+export interface GeneratedTokenLogprob extends TokenLogprob {
+    topLogprobs: TokenLogprob[];
 }
 
 export interface GenerateOptions {
@@ -112,6 +127,13 @@ export interface GenerateOptions {
     /** Generation stops before the first occurrence of any of these. */
     stop?: string[];
     /**
+     * Report each generated token's log-probability, and this many most likely alternatives at its step (0 to
+     * 20): on every chunk (TokenChunk.logprob, topLogprobs) and in the result (GenerationResult.logprobs). Off by
+     * default. They are the model's raw distribution (log-softmax of the logits), before temperature, top-k/top-p
+     * and penalties. Costs one pass over the vocabulary per token.
+     */
+    logprobs?: number;
+    /**
      * What to do with a prompt that does not fit: "error" (default, ContextOverflowError when it is longer than
      * contextSize) or "start": drop its beginning so that maxTokens still fit after it in contextSize (one token
      * when there is no maxTokens).
@@ -142,6 +164,8 @@ export interface GenerationResult {
     tokens: number[];
     finishReason: FinishReason;
     usage: GenerationUsage;
+    /** With GenerateOptions.logprobs: one entry per generated token, in order (tokens[i] ↔ logprobs[i]). */
+    logprobs?: GeneratedTokenLogprob[];
 }
 
 export interface DeviceInfo {

@@ -67,6 +67,8 @@ export interface NativeSubmitOptions {
     seed: number;
     stop: string[];
     captureLogits: boolean;
+    /** -1: off; else each token event carries its logprob and this many top alternatives (needs stream). */
+    logprobs: number;
 }
 
 export interface NativeDonePayload {
@@ -81,7 +83,7 @@ export interface NativeDonePayload {
 }
 
 export type NativeEvent =
-    | ["token", { text: string; token: number }]
+    | ["token", { text: string; token: number; logprob?: number; topTokens?: Int32Array; topLogprobs?: Float32Array }]
     | ["done", NativeDonePayload]
     | ["error", { code: string; message: string }];
 
