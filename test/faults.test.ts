@@ -298,7 +298,7 @@ describe("faults", function () {
             expect(greedyTies, "near-ties are rare").to.be.at.most(2);
             // the calls really differ, so a mix-up could not go unnoticed
             expect(new Set(together.map((r) => JSON.stringify(r.tokens))).size).to.be.greaterThan(48);
-            expect(model.stats()).to.deep.equal({ active: 0, waiting: 0 });
+            expect(model.stats()).to.include({ active: 0, waiting: 0 });
         });
     });
 });
