@@ -33,7 +33,8 @@ describe("faults", function () {
     before(async function () {
         modelPath = await tinyModel("f32");
         // threads: 1 keeps ggml's spin barriers out of trouble when other processes share the cores
-        model = await PhiModel.load({ modelPath, threads: 1, contextSize: 2048, batchSize: 8, sequences: 8 });
+        // promptCacheSize 0: every call evaluates the long prompt from its first token (none reuses another's KV)
+        model = await PhiModel.load({ modelPath, threads: 1, contextSize: 2048, batchSize: 8, sequences: 8, promptCacheSize: 0 });
         baseline = await model.generate(PROMPT, { maxTokens: 16 });
         longPrompt = "Agents plan, act, observe and reflect. ".repeat(110); // ~990 tokens: ~125 decode calls
         const r = await model.generate(longPrompt, { maxTokens: 1 });
