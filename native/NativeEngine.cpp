@@ -285,6 +285,7 @@ NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     modelCounted_ = true;
     faultAt_ = TestFaultAt();
     staleFault_ = TestFault("prompt-cache-stale");
+    testChecks_ = std::getenv("PHI_AGENT_TEST") != nullptr && std::string(std::getenv("PHI_AGENT_TEST")) == "1";
     {
         // Prefix reuse needs a memory that shares cells between sequences and drops a sequence's tail: llama.cpp's
         // plain KV cache (phi2). Recurrent and hybrid memories keep one state per sequence, and sliding-window
@@ -575,6 +576,10 @@ void NativeEngine::Run() {
             if (iteration == faultAt_) throw std::runtime_error("test fault injected by PHI_AGENT_TEST_FAULT");
             Admit();
             if (!active_.empty()) Step();
+            if (testChecks_) {  // the run fails loudly (every request ERR_GENERATION_FAILED) instead of computing wrong
+                std::string why;
+                if (!cache_.CheckLedger(why)) throw std::runtime_error("KV cell ledger broken: " + why);
+            }
             PublishStats();
         }
     } catch (const std::exception& e) {
@@ -617,7 +622,12 @@ void NativeEngine::Admit() {
         auto& r = waiting_.front();
         // Its sequence id, the cached prefix it reuses and the cached KV evicted to make room for the rest of it.
         CachePlan plan;
-        if (!cache_.Plan(r->prompt, r->reserved, Remaining(), params_.kvSize, plan)) break;
+        if (!cache_.Plan(r->prompt, r->reserved, Remaining(), params_.kvSize, plan)) {
+            if (!active_.empty()) break;  // it waits for running requests to end
+            // Nothing runs, and any request fits an empty cache (reserved <= contextSize <= kvSize): start from one.
+            cache_.DropRetained();
+            if (!cache_.Plan(r->prompt, r->reserved, 0, params_.kvSize, plan)) break;
+        }
         r->tStart = NowUs();
         r->seq = plan.seq;
         r->cached = cache_.Admit(plan);

@@ -171,4 +171,5 @@ private:
     // throws at its Nth loop iteration, to exercise Run()'s error path. -1: off.
     int64_t faultAt_ = -1;
     bool staleFault_ = false;  // PHI_AGENT_TEST_FAULT=prompt-cache-stale (see PromptCache::Attach)
+    bool testChecks_ = false;  // PHI_AGENT_TEST=1: the KV cell ledger's consistency is checked on every loop iteration
 };

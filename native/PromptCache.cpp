@@ -195,19 +195,18 @@ bool PromptCache::Plan(const std::vector<llama_token>& prompt, uint32_t reserved
         // Test fault: one stale cell (the next token's KV, which belongs to another token) is reused too.
         if (staleFault_ && plan.source >= 0 && plan.reuse < limit && plan.reuse < ledger_.Len(plan.source)) plan.reuse++;
     }
-    // The id: the free one whose history costs least to lose (an empty one costs nothing; the source costs only
-    // its tail past the reused prefix; another history the cells only it holds), the least recently used on a tie.
-    int64_t bestLoss = -1;
+    // The id: an empty one (every history stays); else the source itself when no request runs on it (it loses
+    // only its tail past the reused prefix); else the least recently used history.
+    int32_t empty = -1, lru = -1;
     for (int32_t s = 0; s < (int32_t)ids_; s++) {
         if (active_[(size_t)s]) continue;
-        const int32_t len = ledger_.Len(s);
-        const int32_t keep = s == plan.source ? std::max(plan.reuse, ledger_.SharedLen(s)) : ledger_.SharedLen(s);
-        const int64_t loss = len == 0 ? 0 : std::max<int64_t>(0, (int64_t)len - keep);
-        if (bestLoss < 0 || loss < bestLoss || (loss == bestLoss && lastUse_[(size_t)s] < lastUse_[(size_t)plan.seq])) {
-            bestLoss = loss;
-            plan.seq = s;
+        if (ledger_.Len(s) == 0) {
+            if (empty < 0) empty = s;
+        } else if (lru < 0 || lastUse_[(size_t)s] < lastUse_[(size_t)lru]) {
+            lru = s;
         }
     }
+    plan.seq = empty >= 0 ? empty : plan.source >= 0 && !active_[(size_t)plan.source] ? plan.source : lru;
     if (plan.seq < 0) return false;  // every id runs a request (the engine admits at most `slots` of them)
     if (plan.source < 0) plan.reuse = 0;
 
@@ -340,6 +339,11 @@ bool PromptCache::EvictTo(uint64_t limit) {
     PlanEviction(ledger, active_, limit, -1, ops);
     for (const CacheOp& op : ops) ApplyOp(op);
     return Used() <= limit;
+}
+
+void PromptCache::DropRetained() {
+    for (int32_t s = 0; s < (int32_t)ids_; s++)
+        if (!active_[(size_t)s]) Clear(s);
 }
 
 bool PromptCache::Verify(int32_t seq, std::string& why) const {

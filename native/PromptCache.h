@@ -119,6 +119,10 @@ public:
     bool EvictTo(uint64_t limit);
     // Checks that llama.cpp's memory holds exactly the positions the ledger says for `seq`.
     bool Verify(int32_t seq, std::string& why) const;
+    // The ledger's own consistency (run by the engine on every loop iteration under PHI_AGENT_TEST=1).
+    bool CheckLedger(std::string& why) const { return ledger_.Check(why); }
+    // Drops every retained history (ids no request runs on), in llama.cpp's memory and in the ledger.
+    void DropRetained();
 
 private:
     int32_t CommonPrefix(const std::vector<llama_token>& prompt, int32_t seq, int32_t limit) const;
