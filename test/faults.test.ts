@@ -33,7 +33,8 @@ describe("faults", function () {
     before(async function () {
         modelPath = await tinyModel("f32");
         // threads: 1 keeps ggml's spin barriers out of trouble when other processes share the cores
-        model = await PhiModel.load({ modelPath, threads: 1, contextSize: 2048, batchSize: 8, sequences: 8 });
+        // promptCacheSize 0: every call evaluates the long prompt from its first token (none reuses another's KV)
+        model = await PhiModel.load({ modelPath, threads: 1, contextSize: 2048, batchSize: 8, sequences: 8, promptCacheSize: 0 });
         baseline = await model.generate(PROMPT, { maxTokens: 16 });
         longPrompt = "Agents plan, act, observe and reflect. ".repeat(110); // ~990 tokens: ~125 decode calls
         const r = await model.generate(longPrompt, { maxTokens: 1 });
@@ -298,7 +299,7 @@ describe("faults", function () {
             expect(greedyTies, "near-ties are rare").to.be.at.most(2);
             // the calls really differ, so a mix-up could not go unnoticed
             expect(new Set(together.map((r) => JSON.stringify(r.tokens))).size).to.be.greaterThan(48);
-            expect(model.stats()).to.deep.equal({ active: 0, waiting: 0 });
+            expect(model.stats()).to.include({ active: 0, waiting: 0 });
         });
     });
 });

@@ -145,6 +145,7 @@ export class PhiModel implements AsyncDisposable {
             kvSize, contextSize, batchSize: o.batchSize, sequences: o.sequences, threads, batchThreads,
             threadpool: o.threadpool,
             flashAttention: o.flashAttention === "auto" ? -1 : o.flashAttention === "on" ? 1 : 0,
+            promptCacheSize: o.promptCacheSize,
         });
         try {
             threadpool = (await engine.init()).threadpool;
@@ -179,6 +180,7 @@ export class PhiModel implements AsyncDisposable {
                 batchThreads,
                 threadpool,
                 flashAttention: o.flashAttention,
+                promptCacheSize: o.promptCacheSize,
                 libraryPath: libraryDir,
                 llamaCppRelease: libraryRelease(libraryDir),
             },
@@ -381,11 +383,14 @@ export class PhiModel implements AsyncDisposable {
         return promise;
     }
 
-    /** Queue state of the batching engine (active and waiting generate() calls). */
-    stats(): { active: number; waiting: number } {
+    /**
+     * Queue state of the batching engine: active and waiting generate() calls, and the KV cells that only the
+     * prompt cache holds (README "Prompt cache"; they are evicted when calls need them).
+     */
+    stats(): { active: number; waiting: number; cachedCells: number } {
         const { engine } = this.#live();
         const s = engine.stats();
-        return { active: s.active, waiting: s.waiting };
+        return { active: s.active, waiting: s.waiting, cachedCells: s.cachedCells };
     }
 
     /**
@@ -419,6 +424,7 @@ function toResult(p: NativeDonePayload): GenerationResult {
         finishReason: p.finishReason,
         usage: {
             promptTokens: p.promptTokens,
+            cachedPromptTokens: p.cachedTokens,
             completionTokens: tokens.length,
             promptMs: p.promptMs,
             generationMs: p.generationMs,

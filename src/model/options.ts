@@ -21,6 +21,11 @@ export const LOAD_DEFAULTS = Object.freeze({
     mmap: true,
     /** Chosen from measurements: README "Speed, memory and load time". */
     repack: true,
+    /**
+     * KV cells of decoded prompts kept for reuse (README "Prompt cache"): one Phi-2 context's worth, so a preamble
+     * up to the whole context is reused. They are evicted whenever calls need the cells.
+     */
+    promptCacheSize: 2048,
 });
 
 /**
@@ -180,13 +185,14 @@ export interface ResolvedLoadOptions {
     flashAttention: "auto" | "on" | "off";
     mmap: boolean;
     repack: boolean;
+    promptCacheSize: number;
     libraryPath?: string;
     signal?: AbortSignal;
     onProgress?: (progress: number) => void;
 }
 
 const LOAD_KEYS = new Set(["modelPath", "device", "gpuLayers", "contextSize", "sequences", "kvCacheSize", "batchSize",
-    "threads", "batchThreads", "threadpool", "flashAttention", "mmap", "repack", "libraryPath", "signal", "onProgress"]);
+    "threads", "batchThreads", "threadpool", "flashAttention", "mmap", "repack", "promptCacheSize", "libraryPath", "signal", "onProgress"]);
 
 function checkFlashAttention(v: unknown): "auto" | "on" | "off" {
     if (v === "auto" || v === "on" || v === "off") return v;
@@ -216,6 +222,7 @@ export function resolveLoadOptions(options: unknown): ResolvedLoadOptions {
         flashAttention: o.flashAttention === undefined ? d.flashAttention : checkFlashAttention(o.flashAttention),
         mmap: o.mmap === undefined ? d.mmap : checkBoolean("mmap", o.mmap),
         repack: o.repack === undefined ? d.repack : checkBoolean("repack", o.repack),
+        promptCacheSize: o.promptCacheSize === undefined ? d.promptCacheSize : checkOption("promptCacheSize", o.promptCacheSize),
     };
     if (o.contextSize !== undefined) r.contextSize = checkOption("contextSize", o.contextSize);
     if (o.kvCacheSize !== undefined) r.kvCacheSize = checkOption("kvCacheSize", o.kvCacheSize);
