@@ -27,7 +27,11 @@ export type PhiErrorCode =
     | "ERR_GENERATION_FAILED"
     | "ERR_QUANTIZE_FAILED"
     | "ERR_OUTPUT_EXISTS"
-    | "ERR_INVALID_OUTPUT";
+    | "ERR_INVALID_OUTPUT"
+    /** A routing slip step needs something the agent host does not run (a CEL expression). */
+    | "ERR_UNSUPPORTED_ROUTE"
+    /** A replica's claim on a request was lost (its lease ran out, or Redis forgot it) before it answered. */
+    | "ERR_CLAIM_LOST";
 
 export class PhiAgentError extends Error {
     readonly code: PhiErrorCode;
