@@ -28,6 +28,10 @@ export type PhiErrorCode =
     | "ERR_QUANTIZE_FAILED"
     | "ERR_OUTPUT_EXISTS"
     | "ERR_INVALID_OUTPUT"
+    /** A message on the wire that RusticAI's `Message` model would reject (WireMessageError). */
+    | "ERR_INVALID_MESSAGE"
+    /** The messaging service (Redis) cannot be reached, refused the login, or the backend was closed (MessagingUnavailableError). */
+    | "ERR_MESSAGING_UNAVAILABLE"
     /** A routing slip step needs something the agent host does not run (a CEL expression). */
     | "ERR_UNSUPPORTED_ROUTE"
     /** A replica's claim on a request was lost (its lease ran out, or Redis forgot it) before it answered. */
@@ -134,4 +138,16 @@ export class OutputPathError extends PhiAgentError {
 
 export function isAbortError(err: unknown): err is AbortError {
     return err instanceof AbortError;
+}
+
+/**
+ * The messaging backend cannot do what was asked: the server (Redis) is unreachable or refused the connection or
+ * the login, or the backend is closed. `details.url` is the server's address with any password masked.
+ */
+export class MessagingUnavailableError extends PhiAgentError {
+    declare readonly code: "ERR_MESSAGING_UNAVAILABLE";
+    constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+        super("ERR_MESSAGING_UNAVAILABLE", message, options);
+        this.name = "MessagingUnavailableError";
+    }
 }

@@ -149,24 +149,35 @@ function readmeSnippets(): string[] {
 const sha256 = (p: string) => createHash("sha256").update(fs.readFileSync(p)).digest("hex");
 
 /**
- * Tarballs of our runtime dependencies, packed from node_modules/ (where `npm ci` put them): every `dependencies`
- * entry, and of the optionalDependencies the llama.cpp CPU libraries of this platform (the set src/native/binding.ts picks for the CPU).
+ * Tarballs of our runtime dependency closure, packed from node_modules/ (where `npm ci` put them): every package
+ * package-lock.json needs outside development (the direct `dependencies` and everything they pull in, e.g. ioredis's
+ * @ioredis/commands), and of the optionalDependencies the llama.cpp CPU libraries of this platform (the set
+ * src/native/binding.ts picks for the CPU).
  */
 function runtimeDependencyTarballs(npm: string, dest: string): string[] {
     const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot, "package.json"), "utf8")) as {
         dependencies?: Record<string, string>; optionalDependencies?: Record<string, string>;
     };
+    const lock = JSON.parse(fs.readFileSync(path.join(packageRoot, "package-lock.json"), "utf8")) as {
+        packages: Record<string, { version?: string; dev?: boolean; optional?: boolean; devOptional?: boolean }>;
+    };
     // the CPU set of the libraries the addon would pick here (src/native/binding.ts names them per platform)
     const cpu = librarySets().find((set) => set.backend === "cpu" && set.source.startsWith("@node-llama-cpp/"));
     expect(cpu, "the llama.cpp CPU libraries for this platform are installed").to.not.equal(undefined);
-    const optional = [cpu!.source];
     expect(Object.keys(pkg.optionalDependencies ?? {})).to.include(cpu!.source);
-    const names = [...Object.keys(pkg.dependencies ?? {}), ...optional];
-    return names.map((name) => {
-        const dir = path.join(packageRoot, "node_modules", ...name.split("/"));
+    const entries = Object.entries(lock.packages).filter(([where, e]) => where !== "" &&
+        (where === `node_modules/${cpu!.source}` || (!e.dev && !e.optional && !e.devOptional)));
+    for (const name of Object.keys(pkg.dependencies ?? {})) {
+        expect(entries.map(([where]) => where), `package-lock.json has ${name}`).to.include(`node_modules/${name}`);
+    }
+    const names = entries.map(([where]) => where.slice(where.lastIndexOf("node_modules/") + "node_modules/".length));
+    expect(new Set(names).size, `one version of each runtime package (${names.join(", ")})`).to.equal(names.length);
+    return entries.map(([where, entry]) => {
+        const name = where.slice(where.lastIndexOf("node_modules/") + "node_modules/".length);
+        const dir = path.join(packageRoot, ...where.split("/"));
         const installed = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as { version: string };
-        const wanted = pkg.dependencies?.[name] ?? pkg.optionalDependencies?.[name];
-        expect(installed.version, `${name} in node_modules is the version package.json pins`).to.equal(wanted);
+        const wanted = pkg.dependencies?.[name] ?? pkg.optionalDependencies?.[name] ?? entry.version;
+        expect(installed.version, `${name} in node_modules is the version package.json / package-lock.json pins`).to.equal(wanted);
         const packed = execFileSync(process.execPath, [npm, "pack", "--ignore-scripts", "--json", "--pack-destination", dest, dir],
             { cwd: dest, encoding: "utf8", env: { ...process.env, npm_config_registry: "http://127.0.0.1:9/", npm_config_offline: "true" } });
         return path.join(dest, (JSON.parse(packed) as { filename: string }[])[0]!.filename);
