@@ -11,7 +11,8 @@
  *   claim:... = "done:{replica id}:{reply ids}"   PX {done TTL}
  *
  * A replica that lost the race watches the claim: when it disappears without being done (its owner was
- * killed, so its lease ran out, or it stopped and handed the request back), the watcher claims it and answers.
+ * killed, so its lease ran out; or it stopped and handed the request back, which it announces on the channel
+ * `claim:{guild}:{agent}` so the watchers look at once), the watcher claims it and answers.
  * A restarted replica's backlog replay finds the done marks and answers nothing twice. Requests older than
  * the done TTL are not answered from a replay (their marks are gone). Python ignores the claim keys.
  */
@@ -41,9 +42,9 @@ export interface RequestClaims {
     release(requestId: string): Promise<void>;
     /**
      * Calls `onFree` once when the request — claimed by another replica — is free again without having been
-     * answered (its owner died or handed it back). Nothing happens when it gets answered.
+     * answered (its owner died or handed it back); `onDone` (if given) once when it was answered instead.
      */
-    watch(requestId: string, onFree: () => void): void;
+    watch(requestId: string, onFree: () => void, onDone?: () => void): void;
     /** Stops every watch (a stopping replica takes no more requests). */
     unwatchAll(): void;
     /** Called when a held claim was lost (the lease ran out before a renewal, e.g. after a stall). */
@@ -79,8 +80,13 @@ if v and string.sub(v, 1, 5) == 'done:' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1`;
 
+/** Deletes our claim and tells the watchers (PUBLISH on the agent's claim channel). */
 const RELEASE = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', KEYS[2], ARGV[2])
+  return 1
+end
 return 0`;
 
 const PEEK = `return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}`;
@@ -105,8 +111,10 @@ export class RedisRequestClaims implements RequestClaims {
     onLost?: (requestId: string) => void;
     readonly #redis: Redis;
     readonly #prefix: string;
+    readonly #channel: string;
+    #sub?: Redis;
     readonly #held = new Set<string>();
-    readonly #watches = new Map<string, { onFree: () => void; timer?: NodeJS.Timeout }>();
+    readonly #watches = new Map<string, { onFree: () => void; onDone?: () => void; timer?: NodeJS.Timeout }>();
     #renewTimer?: NodeJS.Timeout;
     #closed = false;
 
@@ -118,7 +126,8 @@ export class RedisRequestClaims implements RequestClaims {
             if (typeof options?.[k] !== "string" || options[k].length === 0) throw new PhiTypeError(`RedisRequestClaims: ${k} must be a non-empty string`);
         }
         this.#redis = redis;
-        this.#prefix = `claim:${options.guildId}:${options.agentId}:`;
+        this.#channel = `claim:${options.guildId}:${options.agentId}`;
+        this.#prefix = `${this.#channel}:`;
         this.replicaId = options.replicaId ?? defaultReplicaId();
         this.leaseMs = positiveInt("RedisRequestClaims: leaseMs", options.leaseMs, CLAIM_DEFAULTS.leaseMs);
         this.doneTtlMs = positiveInt("RedisRequestClaims: doneTtlMs", options.doneTtlMs, CLAIM_DEFAULTS.doneTtlMs);
@@ -157,12 +166,13 @@ export class RedisRequestClaims implements RequestClaims {
 
     async release(requestId: string): Promise<void> {
         this.#held.delete(requestId);
-        await this.#redis.eval(RELEASE, 1, this.key(requestId), this.replicaId);
+        await this.#redis.eval(RELEASE, 2, this.key(requestId), this.#channel, this.replicaId, requestId);
     }
 
-    watch(requestId: string, onFree: () => void): void {
+    watch(requestId: string, onFree: () => void, onDone?: () => void): void {
         if (this.#closed || this.#watches.has(requestId)) return;
-        this.#watches.set(requestId, { onFree });
+        this.#watches.set(requestId, { onFree, ...(onDone ? { onDone } : {}) });
+        this.#listen();
         void this.#check(requestId);
     }
 
@@ -187,6 +197,34 @@ export class RedisRequestClaims implements RequestClaims {
         this.#renewTimer = undefined;
         this.unwatchAll();
         this.#held.clear();
+        const sub = this.#sub;
+        this.#sub = undefined;
+        sub?.disconnect();
+    }
+
+    /** Subscribes (once, on a connection of its own) to the releases other replicas announce. */
+    #listen(): void {
+        if (this.#sub || this.#closed) return;
+        const sub = this.#redis.duplicate();
+        this.#sub = sub;
+        sub.on("error", () => undefined); // reconnects by itself; the timed checks cover the gap
+        sub.on("message", (_channel: string, requestId: string) => {
+            const w = this.#watches.get(requestId);
+            if (!w) return;
+            clearTimeout(w.timer);
+            void this.#check(requestId);
+        });
+        // once subscribed, look again at everything watched (a release may have come before the subscription)
+        const recheck = () => {
+            for (const [id, w] of this.#watches) {
+                clearTimeout(w.timer);
+                void this.#check(id);
+            }
+        };
+        sub.subscribe(this.#channel).then(() => {
+            recheck();
+            sub.on("ready", recheck); // reconnected (ioredis subscribes again by itself)
+        }, () => undefined);
     }
 
     #hold(requestId: string): void {
@@ -232,6 +270,7 @@ export class RedisRequestClaims implements RequestClaims {
         }
         if (value.startsWith("done:")) {
             this.#watches.delete(requestId);
+            w.onDone?.();
             return;
         }
         const wait = Math.min(this.leaseMs, Math.max(20, pttl > 0 ? pttl + 10 : this.leaseMs / 4));
