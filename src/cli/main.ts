@@ -6,6 +6,7 @@
  *   phi-agent inspect --model FILE [--json]
  *   phi-agent make-test-model --out FILE [--shape tiny|phi2] [--seed N] [--type f32|f16|q8_0|q4_k_m] [--json]
  *   phi-agent quantize --model FILE --out FILE --type q4_k_m|q8_0|... [--json]
+ *   phi-agent agent --redis URL --guild GUILD_ID --model FILE [--agent-id phi_agent] [--agent-name "Phi-2 LLM"] [--device D] [--threads N] ...
  * Errors: one line on stderr; exit code 1, 2 for usage errors (bad flags or values), 130 after Ctrl-C, 141 when
  * stdout is closed by its reader. Every command takes --help; phi-agent --version prints the version.
  */
@@ -24,6 +25,7 @@ import { choiceFlag, intFlag, numberFlag, UsageError } from "./args.js";
 import { COMMON_HELP, HelpShown, modelPath, parseCommand, readStdin, type Command } from "./command.js";
 import { exitOverride, installProcessHandlers, interruptSignal, out, stdoutClosed } from "./process.js";
 import { progressBar } from "./progress.js";
+import { agent } from "./agent.js";
 
 export { UsageError } from "./args.js";
 export { HelpShown, parseCommand, type Command } from "./command.js";
@@ -185,7 +187,7 @@ input file is never replaced.`;
 
 /** name → command. A new command is one line here (its `usage` feeds the help). */
 const COMMANDS: Record<string, Command> = {
-    generate, tokenize, inspect, "make-test-model": makeModel, quantize,
+    generate, tokenize, inspect, "make-test-model": makeModel, quantize, agent,
 };
 
 function version(): string {

@@ -16,7 +16,7 @@
  * turns the replies it sends into Python's. With `claims` (claims.ts), several hosts with the same agent
  * id share the requests, each answered once.
  */
-import { PhiTypeError, InvalidStateError } from "../../errors.js";
+import { PhiRangeError, PhiTypeError, InvalidStateError } from "../../errors.js";
 import { LLMPhiAgent } from "../../agent/LLMPhiAgent.js";
 import { PhiAgentProps, type PhiAgentPropsInit } from "../../agent/PhiAgentProps.js";
 import { ErrorMessage, GenerationPromptRequest } from "../../messages/formats.js";
@@ -26,10 +26,11 @@ import type { AgentRuntime } from "../agent.js";
 import type { MessagingBackend } from "../backend.js";
 import { AgentBuilder } from "../builders.js";
 import type { GuildEvent, GuildEventBody } from "../events.js";
-import type { RequestClaims } from "../claims.js";
+import type { ClaimResult, RequestClaims } from "../claims.js";
+import { LOAD_DEFAULTS } from "../../model/options.js";
 import {
     ESSENTIAL_TOPICS, GuildTopics, PYTHON_PHI_AGENT_CLASS, SystemFormats, agentSelfInbox, naiveIsoTime, parseIsoTime,
-    preciseNow, subscribedTopics, withPythonDefaults, type RoutingSlipJSON, type RusticMessage,
+    preciseNow, rusticMessageOf, subscribedTopics, type RoutingSlipJSON, type RusticMessage,
 } from "./protocol.js";
 import { RusticProcessContext, selfReadyMessage, type AgentIdentity, type IdSource } from "./context.js";
 
@@ -69,6 +70,11 @@ export interface AgentHostOptions {
     history?: (messageIds: string[]) => Promise<string[]>;
     /** The class to run (a subclass of LLMPhiAgent, e.g. one sharing a loaded model); default LLMPhiAgent. */
     agentClass?: typeof LLMPhiAgent;
+    /**
+     * With claims: how many requests this host works on at once before it leaves further ones to other replicas
+     * (default: the model's `sequences`, what it decodes together).
+     */
+    capacity?: number;
     /** Called for every event (see AgentHostEvent). */
     onEvent?: (event: AgentHostEvent) => void;
 }
@@ -135,6 +141,12 @@ export class AgentHost {
     readonly #agent: LLMPhiAgent;
     readonly #pending = new Map<string, Pending>();
     readonly #inflight = new Set<Promise<void>>();
+    /** Requests received and not started yet (with replicas: not claimed yet). */
+    readonly #queue: { m: RusticMessage; started: number }[] = [];
+    #queueClosed = false;
+    #pumpRun?: Promise<void>;
+    #pumping = false;
+    readonly #capacity: number;
     readonly #seen = new Set<string>();
     readonly #selfReadyIds = new Set<string>();
     #agentState: Record<string, unknown> = {};
@@ -170,6 +182,8 @@ export class AgentHost {
         };
         this.#ids = options.ids ?? new GemstoneGenerator(randomMachineId());
         this.#claims = options.claims;
+        this.#capacity = options.capacity ?? spec.properties.sequences ?? LOAD_DEFAULTS.sequences;
+        if (!Number.isInteger(this.#capacity) || this.#capacity < 1) throw new PhiRangeError(`AgentHost: capacity must be an integer >= 1; got ${String(options.capacity)}`);
         this.#history = options.history;
         this.#onEvent = options.onEvent;
         this.topics = Object.freeze(subscribedTopics(this.agentId, {
@@ -200,6 +214,11 @@ export class AgentHost {
     /** Requests being worked on now. */
     get inflight(): number {
         return this.#inflight.size;
+    }
+
+    /** Requests received and waiting to be started (with replicas: for room to claim them). */
+    get queued(): number {
+        return this.#queue.length;
     }
 
     /** The agent's and the guild's state, as the last StateFetchResponse/StateUpdateResponse said. */
@@ -263,13 +282,21 @@ export class AgentHost {
                 // a closed backend has no subscriptions left
             }
         }
-        const before = this.#inflight.size;
-        if (before > 0 && drainMs > 0) {
-            const all = Promise.allSettled([...this.#inflight]);
+        const before = this.#inflight.size + this.#queue.length;
+        // what was received before: finish it (queued ones too), for at most drainMs
+        const deadline = Date.now() + drainMs;
+        while ((this.#inflight.size > 0 || this.#queue.length > 0) && Date.now() < deadline) {
             let timer: NodeJS.Timeout | undefined;
-            await Promise.race([all, ...(Number.isFinite(drainMs) ? [new Promise((r) => { timer = setTimeout(r, drainMs); })] : [])]);
+            const waits: Promise<unknown>[] = [this.#inflight.size > 0 ? Promise.allSettled([...this.#inflight]) : this.#pump()];
+            if (Number.isFinite(drainMs)) waits.push(new Promise((r) => { timer = setTimeout(r, Math.max(0, deadline - Date.now())); }));
+            await Promise.race(waits);
             clearTimeout(timer);
+            if (this.#inflight.size === 0 && this.#queue.length > 0 && this.#claims && !this.#pumping) {
+                await new Promise((r) => setTimeout(r, 20)); // a claim failed for a moment: let the retry run
+            }
         }
+        this.#queueClosed = true;
+        const left = this.#queue.splice(0).length;
         let handedBack = 0;
         for (const [id, p] of this.#pending) {
             if (p.handedBack || p.replyIds.length > 0) continue;
@@ -286,7 +313,7 @@ export class AgentHost {
         await Promise.allSettled([...this.#inflight]);
         await this.#claims?.close();
         this.#state = "stopped";
-        return { finished: wasRunning ? before - handedBack : 0, handedBack };
+        return { finished: wasRunning ? Math.max(0, before - handedBack - left) : 0, handedBack, left };
     }
 
     // -----------------------------------------------------------------------------------------
@@ -307,7 +334,7 @@ export class AgentHost {
     }
 
     async #dispatch(raw: Message, subscribedTopic: string): Promise<void> {
-        const m = withPythonDefaults(raw);
+        const m = rusticMessageOf(raw);
         const tp = m.topic_published_to ?? subscribedTopic;
         m.topic_published_to = tp;
         const selfInbox = agentSelfInbox(this.agentId);
@@ -346,30 +373,72 @@ export class AgentHost {
         await this.#take(m);
     }
 
-    async #take(m: RusticMessage): Promise<void> {
-        if (!this.#taking) return;
-        const started = Date.now();
-        if (this.#claims) {
-            const claim = await this.#claims.claim(m.id);
-            if (claim !== "claimed") {
-                if (claim === "taken") this.#claims.watch(m.id, () => { void this.#take(m).catch((err: unknown) => this.#log("error", `request ${m.id}: ${(err as Error).message}`)); });
-                this.#line(m, claim === "done" ? "duplicate" : claim, [], [], started);
-                return;
+    /**
+     * Queues the request and resolves at once, not when it is answered: a backend that hands a client its
+     * messages one at a time (the Redis one, as Python's) goes on delivering meanwhile, so requests are generated
+     * together and health checks are answered at once.
+     */
+    #take(m: RusticMessage): Promise<void> {
+        if (!this.#taking) return Promise.resolve();
+        this.#queue.push({ m, started: Date.now() });
+        void this.#pump();
+        return Promise.resolve();
+    }
+
+    /**
+     * Starts queued requests. With replicas, a request is claimed only when this host has room for it (fewer
+     * than `capacity` in flight: what its model decodes together), so a busy replica leaves the next request to
+     * an idle one; a request another replica claimed is watched, and queued again if it is freed unanswered.
+     */
+    #pump(): Promise<void> {
+        // #pumping is set and cleared synchronously (a run without an await finishes inside this call)
+        if (this.#pumping) return this.#pumpRun ?? Promise.resolve();
+        this.#pumping = true;
+        const run = (async () => {
+            try {
+                while (this.#queue.length > 0 && !this.#queueClosed && (!this.#claims || this.#inflight.size < this.#capacity)) {
+                    const { m, started } = this.#queue.shift()!;
+                    if (this.#claims) {
+                        let claim: ClaimResult;
+                        try {
+                            claim = await this.#claims.claim(m.id);
+                        } catch (err) {
+                            // Redis is away: try again in a moment (the backend reconnects by itself)
+                            this.#queue.unshift({ m, started });
+                            this.#log("warn", `request ${m.id}: could not claim it (${(err as Error).message}); retrying`);
+                            setTimeout(() => void this.#pump(), 500).unref();
+                            return;
+                        }
+                        if (claim !== "claimed") {
+                            if (claim === "taken") {
+                                this.#claims.watch(m.id, () => {
+                                    if (!this.#taking) return;
+                                    this.#queue.unshift({ m, started });
+                                    void this.#pump();
+                                });
+                            }
+                            this.#line(m, claim === "done" ? "duplicate" : claim, [], [], started);
+                            continue;
+                        }
+                        if (this.#queueClosed) {
+                            await this.#claims.release(m.id).catch(() => undefined);
+                            continue;
+                        }
+                    }
+                    const work: Promise<void> = this.#work(m, started)
+                        .catch((err: unknown) => this.#log("error", `request ${m.id}: ${(err as Error)?.message ?? String(err)}`))
+                        .finally(() => {
+                            this.#inflight.delete(work);
+                            void this.#pump();
+                        });
+                    this.#inflight.add(work);
+                }
+            } finally {
+                this.#pumping = false;
             }
-            if (!this.#taking) {
-                await this.#claims.release(m.id).catch(() => undefined);
-                return;
-            }
-        }
-        let finished!: () => void;
-        const done = new Promise<void>((resolve) => { finished = resolve; });
-        this.#inflight.add(done);
-        try {
-            await this.#work(m, started);
-        } finally {
-            this.#inflight.delete(done);
-            finished();
-        }
+        })();
+        this.#pumpRun = run;
+        return run;
     }
 
     async #work(m: RusticMessage, started: number): Promise<void> {
@@ -607,4 +676,6 @@ export interface StopSummary {
     finished: number;
     /** Requests handed back unanswered (their claims released). */
     handedBack: number;
+    /** Requests received but not started when the drain time ran out (other replicas have them too). */
+    left: number;
 }

@@ -6,6 +6,8 @@
  * core/guild/agent_ext/mixins/health.py, core/state/models.py (rustic-ai/rustic-ai).
  */
 import type { AgentTag, Message } from "../../messages/message.js";
+import { gemstoneParts } from "../../messages/wire/gemstone.js";
+import type { WireMessage } from "../../messages/wire/message.js";
 
 /** `GuildTopics` of RusticAI. */
 export const GuildTopics = {
@@ -104,6 +106,47 @@ export interface RusticMessage<P = Record<string, unknown>> extends Message<P> {
     enrich_with_history: number | null;
     process_status: ProcessStatus | null;
     origin_guild_stack: GuildStackEntry[];
+}
+
+const WIRE = Symbol.for("llm-phi-agent.wireMessage");
+
+/** A RusticAI message read by the Redis backend (bigint ids) in the TypeScript form (ids as decimal strings). */
+export function fromWire(w: WireMessage): RusticMessage {
+    const id = (v: bigint) => v.toString();
+    const { priority, timestamp } = gemstoneParts(w.id);
+    return {
+        sender: { id: w.sender.id, name: w.sender.name },
+        topics: Array.isArray(w.topics) ? [...w.topics] : w.topics,
+        recipient_list: w.recipient_list.map((t) => ({ id: t.id, name: t.name })),
+        payload: w.payload as Record<string, unknown>,
+        format: w.format,
+        in_response_to: w.in_response_to === null ? null : id(w.in_response_to),
+        thread: w.thread.map(id),
+        conversation_id: w.conversation_id === null ? null : id(w.conversation_id),
+        forward_header: w.forward_header && { origin_message_id: id(w.forward_header.origin_message_id), on_behalf_of: { ...w.forward_header.on_behalf_of } },
+        routing_slip: w.routing_slip as unknown as RoutingSlipJSON | null,
+        message_history: w.message_history.map((e) => ({ ...e, agent: { ...e.agent }, origin: id(e.origin), result: id(e.result), to_topics: [...e.to_topics] })),
+        ttl: w.ttl === null ? null : Number(w.ttl),
+        is_error_message: w.is_error_message,
+        traceparent: w.traceparent,
+        session_state: w.session_state as Record<string, unknown> | null,
+        topic_published_to: w.topic_published_to,
+        enrich_with_history: w.enrich_with_history === null ? null : Number(w.enrich_with_history),
+        process_status: w.process_status,
+        origin_guild_stack: w.origin_guild_stack.map((g) => ({ ...g })),
+        id: id(w.id),
+        priority,
+        timestamp,
+    };
+}
+
+/**
+ * The full RusticAI message behind `m`: the one a wire backend attached to it (the Redis backend delivers the
+ * guild's Message with the RusticAI message it read), else `m` with Python's defaults.
+ */
+export function rusticMessageOf(m: Message): RusticMessage {
+    const wire = (m as { [WIRE]?: WireMessage })[WIRE];
+    return wire ? fromWire(wire) : withPythonDefaults(m);
 }
 
 /** The optional Python fields of `m` with Python's defaults filled in (a message from our in-memory guild lacks them). */
