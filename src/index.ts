@@ -21,5 +21,6 @@ export {
 export { readGGUF, checkPhi2, inspectGGUF, type GGUFHeader, type GGUFSummary } from "./gguf/index.js";
 export { makeTestModel, type MakeTestModelOptions, type TestModelShape, type TestModelType } from "./testModel/makeTestModel.js";
 export * from "./messages/index.js";
+export * from "./messages/wire/index.js";
 export * from "./guild/index.js";
 export * from "./agent/index.js";

@@ -2,7 +2,7 @@
 // dead letters. Model-free and Redis-free; the golden data is a recorded run of the real Python code.
 import { expect } from "chai";
 import {
-    GemstoneIdGenerator, Priority, WireMessageError, WIRE_MESSAGE_KEYS, buildDeadLetterMessage, createWireMessage,
+    GemstoneIdGenerator, Priority, WireMessageError, markFloat, WIRE_MESSAGE_KEYS, buildDeadLetterMessage, createWireMessage,
     deadLetterTopic, formatPyFloat, gemstoneId, gemstoneParts, normalizeGemstoneId, parsePyJson, parseWireMessage,
     readWireMessage, serializeWireMessage, stringifyPyJson, wireMessageTime, type WireMessage,
 } from "../src/messages/wire/index.js";
@@ -36,7 +36,10 @@ function variant(patch: Record<string, string | undefined>): string {
     const obj = parsePyJson(REQUEST) as Record<string, unknown>;
     for (const [k, v] of Object.entries(patch)) {
         if (v === undefined) delete obj[k];
-        else obj[k] = parsePyJson(v);
+        else {
+            obj[k] = parsePyJson(v);
+            if (/^-?\d+(\.\d+)?([eE][+-]?\d+)?$/.test(v) && /[.eE]/.test(v)) markFloat(obj, k); // a float stays a float
+        }
     }
     return stringifyPyJson(obj);
 }
@@ -183,6 +186,8 @@ describe("RusticAI wire format", () => {
                 [{ payload: "{}" }, "payload"],
                 [{ payload: "[1]" }, "payload"],
                 [{ id: "\"9741991419077201920\"" }, "id"],
+                [{ id: "1.0" }, "id"],
+                [{ id: "9741991419078250496" }, "id"], // machine field 256: Python's from_int raises
                 [{ format: "\"ab\"" }, "format"],
                 [{ ttl: "1.5" }, "ttl"],
                 [{ process_status: "\"done\"" }, "process_status"],

@@ -17,7 +17,7 @@ import { PhiAgentError } from "../../errors.js";
 import { GENERIC_JSON_FORMAT } from "../format.js";
 import { formatFieldErrors, type FieldError } from "../validation.js";
 import { GemstoneIdGenerator, Priority, gemstoneParts, normalizeGemstoneId } from "./gemstone.js";
-import { clonePyJson, copyJsonMarks, markFloat, parsePyJson, stringifyPyJson, type PyJson, type PyJsonObject } from "./json.js";
+import { clonePyJson, copyJsonMarks, isMarkedFloat, markFloat, parsePyJson, stringifyPyJson, type PyJson, type PyJsonObject } from "./json.js";
 
 /** An int field other than an id: a number when it fits 2^53, else a bigint (Python ints have no limit). */
 export type WireInt = number | bigint;
@@ -514,9 +514,9 @@ export function validateWireMessage(value: unknown): { message: WireMessage; err
     const o = value;
     if (!("id" in o) || o.id === undefined) return { errors: [{ path: "id", message: "is required (Message JSON must contain an id field)", kind: "type" }] };
     let id: bigint | undefined;
-    if (typeof o.id !== "bigint" && (typeof o.id !== "number" || !Number.isInteger(o.id))) {
-        // Python shifts the raw value (`id >> 61`): only an int works there
-        c.fail("id", `must be an integer (got ${describe(o.id)})`);
+    if (typeof o.id !== "bigint" && (typeof o.id !== "number" || !Number.isInteger(o.id) || isMarkedFloat(o, "id"))) {
+        // Python shifts the raw value (`id >> 61`): only an int works there (not a string, not even 1.0)
+        c.fail("id", `must be an integer (got ${typeof o.id === "number" ? `the float ${o.id}` : describe(o.id)})`);
     } else {
         try {
             id = normalizeGemstoneId(BigInt(o.id as number | bigint));
