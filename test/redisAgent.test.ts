@@ -310,6 +310,8 @@ describe("phi agent in a RusticAI guild over Redis (real redis-server, tiny mode
             expect(await redis.get(`claim:${guild}:phi_agent:${long.id}`)).to.match(new RegExp(`^done:${survivor.replica}:${reply.message.id}$`));
             // the killed replica comes back with no saved position (a new replica would have none either), so it
             // replays the whole topic: the done marks keep it from answering anything again
+            const posKey = `eo:pos:${guild}$phi_agent:${guild}:default_topic`;
+            await monitor.waitFor((c) => c.args[0] === "SET" && c.args[1] === posKey && c.args[2] === String(reply.message.id));
             for (const k of await redis.keys(`eo:pos:${guild}$phi_agent:*`)) await redis.del(k);
             const from = l.seen.length;
             const again = startWorker(guild, victim.replica);
