@@ -31,7 +31,11 @@ export type PhiErrorCode =
     /** A message on the wire that RusticAI's `Message` model would reject (WireMessageError). */
     | "ERR_INVALID_MESSAGE"
     /** The messaging service (Redis) cannot be reached, refused the login, or the backend was closed (MessagingUnavailableError). */
-    | "ERR_MESSAGING_UNAVAILABLE";
+    | "ERR_MESSAGING_UNAVAILABLE"
+    /** A routing slip step needs something the agent host does not run (a CEL expression). */
+    | "ERR_UNSUPPORTED_ROUTE"
+    /** A replica's claim on a request was lost (its lease ran out, or Redis forgot it) before it answered. */
+    | "ERR_CLAIM_LOST";
 
 export class PhiAgentError extends Error {
     readonly code: PhiErrorCode;
