@@ -111,12 +111,15 @@ describe("RedisRequestClaims (real redis-server)", function () {
     });
 
     it("a claim that vanished (Redis forgot it) is taken back by its owner's renewal", async () => {
-        const a = claims("a");
+        const monitor = await server.monitor();
+        const a = claims("a", 300);
         const { id } = gen.next();
         await a.claim(id);
         await redis.del(a.key(id));
-        expect(await a.confirm(id)).to.equal(true);
+        await monitor.waitFor((c) => c.args[0] === "EVAL" && c.args.includes(a.key(id)));
         expect(await redis.get(a.key(id))).to.equal("a");
+        expect(await a.confirm(id)).to.equal(true);
+        await monitor.stop();
     });
 
     it("does not answer from a replay what is older than the done marks", async () => {

@@ -118,7 +118,7 @@ describe("phi agent in a RusticAI guild over Redis (real redis-server, tiny mode
             joined = await joinRedisGuild({ url: server.url, guildId: GUILD, agentId: "phi_agent" });
             host = new AgentHost({
                 backend: joined.backend, guildId: GUILD, props: { modelPath, device: "cpu", threads: 1, contextSize: 256, maxNewTokens: 3 },
-                ids: joined.ids, claims: joined.claims, history: joined.history, onEvent: (e) => events.push(e),
+                ids: joined.ids, claims: joined.claims, history: joined.history, publishAnswer: joined.publishAnswer, onEvent: (e) => events.push(e),
             });
             await host.start();
         });
@@ -325,6 +325,54 @@ describe("phi agent in a RusticAI guild over Redis (real redis-server, tiny mode
             const replayed = again.lines.filter((x) => x.requestId === String(long.id));
             expect(replayed.map((x) => x.outcome)).to.deep.equal(["duplicate"]);
             await monitor.stop();
+            await l.sub.quit();
+        });
+
+        it("200 requests over 3 replicas, one killed (kill -9) mid-run and Redis restarted mid-run: 200 answers, 0 duplicates, 0 lost", async () => {
+            const guild = "replicas-200";
+            const l = await Listener.start(server, guild, ["default_topic", "heartbeat"]);
+            const ws = ["m1", "m2", "m3"].map((r) => startWorker(guild, r));
+            await Promise.all(ws.map((w) => ready(l, w)));
+            const reqs: WireMessage[] = [];
+            for (let i = 0; i < 200; i++) reqs.push(await send(redis, guild, pyMessage("request", { payload: { generation_prompt: `Request ${i}:` } })));
+            const ids = new Set(reqs.map((r) => r.id));
+            // answered = seen on the channel, or logged by a worker (a reply published while our listener reconnected)
+            const answered = () => {
+                const got = new Set<string>();
+                for (const s of l.seen) if (s.message.in_response_to !== null && ids.has(s.message.in_response_to) && s.message.format !== SystemFormats.HEARTBEAT) got.add(String(s.message.in_response_to));
+                for (const w of ws) for (const x of w.lines) if (x.outcome === "answered") got.add(String(x.requestId));
+                return got.size;
+            };
+            const reach = (n: number) => new Promise<void>((resolve) => {
+                let done = false;
+                const check = () => { if (!done && answered() >= n) { done = true; resolve(); } };
+                // re-checked on every message and worker line (the listener and the workers' stdout are the events)
+                l.sub.on("message", check);
+                for (const w of ws) w.child.stdout!.on("data", () => setImmediate(check));
+                check();
+            });
+            await reach(40);
+            ws[0]!.child.kill("SIGKILL");
+            await ws[0]!.exit;
+            await reach(100);
+            await server.restart(); // AOF, fsync always: the guild's data survives
+            await reach(200);
+            for (const w of ws.slice(1)) w.child.kill("SIGTERM");
+            for (const w of ws.slice(1)) expect(await w.exit, `${w.replica}: ${w.stderr}`).to.deep.equal([0, null]);
+            // the guild's own record: every reply stored in the topic's ZSET, exactly one per request
+            const admin = await server.client();
+            const stored = (await admin.zrange(`${guild}:default_topic`, "0", "-1")).map((t) => parseWireMessage(t)).filter((r) => r.ok).map((r) => (r as { message: WireMessage }).message);
+            const per = new Map<bigint, number>();
+            for (const m of stored) if (m.in_response_to !== null && ids.has(m.in_response_to)) per.set(m.in_response_to, (per.get(m.in_response_to) ?? 0) + 1);
+            expect(per.size, "answered requests").to.equal(200);
+            const dups = [...per.entries()].filter(([, n]) => n > 1).map(([id]) => ({
+                id: String(id),
+                replies: stored.filter((m) => m.in_response_to === id).map((m) => ({ id: String(m.id), machine: gemstoneParts(m.id).machineId })),
+                lines: ws.map((w) => [w.replica, w.lines.filter((x) => x.requestId === String(id)).map((x) => x.outcome)]),
+                claim: undefined as unknown,
+            }));
+            for (const d of dups) d.claim = await admin.get(`claim:${guild}:phi_agent:${d.id}`);
+            expect(dups, "duplicates").to.deep.equal([]);
             await l.sub.quit();
         });
 

@@ -105,6 +105,7 @@ export const agent: Command = async (argv: string[]): Promise<void> => {
             ids: joined.ids,
             claims: joined.claims,
             history: joined.history,
+            publishAnswer: joined.publishAnswer,
             onEvent: (e) => logEvent(e, json),
         });
         if (!stop.aborted) {

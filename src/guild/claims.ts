@@ -20,6 +20,7 @@ import os from "node:os";
 import { randomBytes } from "node:crypto";
 import type { Redis } from "ioredis";
 import { PhiRangeError, PhiTypeError } from "../errors.js";
+import { performance } from "node:perf_hooks";
 import { decodeGemstoneId } from "../messages/ids.js";
 
 /**
@@ -91,6 +92,36 @@ return 0`;
 
 const PEEK = `return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}`;
 
+/**
+ * The answer and its done mark in one step: if the claim is still ours (or vanished), each copy as RusticAI's
+ * Redis store writes it (SET msg EX, ZADD, PUBLISH, in that order), then the done mark; else nothing.
+ * KEYS: claim, then per copy msg key and topic key. ARGV: replica, done value, done ttl, then per copy json, ttl, score.
+ */
+const ANSWER = `
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then return 0 end
+local n = (#KEYS - 1) / 2
+for i = 0, n - 1 do
+  local json = ARGV[4 + i * 3]
+  redis.call('SET', KEYS[2 + i * 2], json, 'EX', ARGV[5 + i * 3])
+  redis.call('ZADD', KEYS[3 + i * 2], ARGV[6 + i * 3], json)
+  redis.call('PUBLISH', KEYS[3 + i * 2], json)
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1`;
+
+/** One stored and published copy of a message (one per topic), as RusticAI's Redis message store writes it. */
+export interface StoredCopy {
+    /** `msg:{guild}:{id}` */
+    msgKey: string;
+    json: string;
+    ttlSeconds: number;
+    /** `{guild}:{topic}`: the ZSET and the channel. */
+    topicKey: string;
+    /** The id's ms. */
+    score: number;
+}
+
 function positiveInt(what: string, value: unknown, fallback: number): number {
     if (value === undefined) return fallback;
     if (typeof value !== "number" || !Number.isInteger(value)) throw new PhiTypeError(`${what} must be an integer (ms); got ${String(value)}`);
@@ -113,7 +144,8 @@ export class RedisRequestClaims implements RequestClaims {
     readonly #prefix: string;
     readonly #channel: string;
     #sub?: Redis;
-    readonly #held = new Set<string>();
+    /** Held claims → when Redis last confirmed them (performance.now()). */
+    readonly #held = new Map<string, number>();
     readonly #watches = new Map<string, { onFree: () => void; onDone?: () => void; timer?: NodeJS.Timeout }>();
     #renewTimer?: NodeJS.Timeout;
     #closed = false;
@@ -155,13 +187,40 @@ export class RedisRequestClaims implements RequestClaims {
     }
 
     async confirm(requestId: string): Promise<boolean> {
+        // confirmed by Redis within the last third of a lease: it is still ours (a claim can only be lost by
+        // running out, or by Redis forgetting it), so no round trip
+        const at = this.#held.get(requestId);
+        if (at !== undefined && performance.now() - at < this.leaseMs / 3) return true;
+        return this.#renew(requestId);
+    }
+
+    async #renew(requestId: string): Promise<boolean> {
         const r = await this.#redis.eval(RENEW, 1, this.key(requestId), this.replicaId, this.leaseMs);
-        return Number(r) > 0;
+        const ok = Number(r) > 0;
+        if (ok && this.#held.has(requestId)) this.#held.set(requestId, performance.now());
+        return ok;
     }
 
     async complete(requestId: string, replyIds: readonly string[]): Promise<void> {
         this.#held.delete(requestId);
         await this.#redis.eval(COMPLETE, 1, this.key(requestId), `done:${this.replicaId}:${replyIds.join(",")}`, this.doneTtlMs);
+    }
+
+    /**
+     * Publishes the answer and marks the request done in one atomic step (a Lua script: a replica killed at any
+     * moment leaves both or neither, so a takeover never answers twice). Resolves false, writing nothing, when
+     * the claim is no longer this replica's (answered or taken over meanwhile).
+     */
+    async publishAnswer(requestId: string, copies: readonly StoredCopy[], replyIds: readonly string[]): Promise<boolean> {
+        const keys = [this.key(requestId)];
+        const args: (string | number)[] = [this.replicaId, `done:${this.replicaId}:${replyIds.join(",")}`, this.doneTtlMs];
+        for (const c of copies) {
+            keys.push(c.msgKey, c.topicKey);
+            args.push(c.json, c.ttlSeconds, c.score);
+        }
+        const r = await this.#redis.eval(ANSWER, keys.length, ...keys, ...args);
+        this.#held.delete(requestId);
+        return Number(r) === 1;
     }
 
     async release(requestId: string): Promise<void> {
@@ -183,7 +242,7 @@ export class RedisRequestClaims implements RequestClaims {
 
     /** Requests this replica holds now. */
     get held(): string[] {
-        return [...this.#held];
+        return [...this.#held.keys()];
     }
 
     /** Requests this replica watches now. */
@@ -228,7 +287,7 @@ export class RedisRequestClaims implements RequestClaims {
     }
 
     #hold(requestId: string): void {
-        this.#held.add(requestId);
+        this.#held.set(requestId, performance.now());
         if (!this.#renewTimer && !this.#closed) {
             this.#renewTimer = setInterval(() => void this.#renewAll(), Math.max(50, Math.floor(this.leaseMs / 3)));
             this.#renewTimer.unref();
@@ -241,9 +300,9 @@ export class RedisRequestClaims implements RequestClaims {
             this.#renewTimer = undefined;
             return;
         }
-        await Promise.all([...this.#held].map(async (id) => {
+        await Promise.all([...this.#held.keys()].map(async (id) => {
             try {
-                if (!(await this.confirm(id)) && this.#held.delete(id)) this.onLost?.(id);
+                if (!(await this.#renew(id)) && this.#held.delete(id)) this.onLost?.(id);
             } catch {
                 // Redis is away: the next round tries again (the lease may run out meanwhile; confirm() tells)
             }

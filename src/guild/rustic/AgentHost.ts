@@ -60,6 +60,12 @@ export interface AgentHostOptions {
     ids?: IdSource;
     /** Replicas: how hosts with the same agent id share requests (claims.ts). Default: this host answers all. */
     claims?: RequestClaims;
+    /**
+     * With claims: publishes a request's answer and marks it done in one atomic step (JoinedRedisGuild.publishAnswer),
+     * resolving false when the claim is no longer ours. Without it, the host confirms the claim, publishes, then
+     * marks it done (a replica killed in between leaves a request that may be answered twice).
+     */
+    publishAnswer?: (requestId: string, messages: readonly RusticMessage[]) => Promise<boolean>;
     /** The guild's routes (GuildSpec.routes), attached to heartbeats and self messages as Python does. */
     guildRoutes?: RoutingSlipJSON;
     /**
@@ -118,6 +124,8 @@ interface Pending {
     error?: { type: string; message: string };
     completionTokens?: number;
     handedBack: boolean;
+    /** The answer went out together with its done mark (publishAnswer). */
+    answeredAtomically?: boolean;
     started: number;
 }
 
@@ -137,6 +145,7 @@ export class AgentHost {
     readonly #ids: IdSource;
     readonly #claims?: RequestClaims;
     readonly #history?: AgentHostOptions["history"];
+    readonly #publishAnswer?: AgentHostOptions["publishAnswer"];
     readonly #onEvent?: AgentHostOptions["onEvent"];
     readonly #agent: LLMPhiAgent;
     readonly #pending = new Map<string, Pending>();
@@ -185,6 +194,7 @@ export class AgentHost {
         this.#capacity = options.capacity ?? spec.properties.sequences ?? LOAD_DEFAULTS.sequences;
         if (!Number.isInteger(this.#capacity) || this.#capacity < 1) throw new PhiRangeError(`AgentHost: capacity must be an integer >= 1; got ${String(options.capacity)}`);
         this.#history = options.history;
+        this.#publishAnswer = options.publishAnswer;
         this.#onEvent = options.onEvent;
         this.topics = Object.freeze(subscribedTopics(this.agentId, {
             ...(options.additionalTopics ? { additionalTopics: options.additionalTopics } : {}),
@@ -472,7 +482,7 @@ export class AgentHost {
         } finally {
             this.#pending.delete(m.id);
         }
-        if (this.#claims && (p.replyIds.length > 0 || !p.handedBack)) {
+        if (this.#claims && !p.answeredAtomically && (p.replyIds.length > 0 || !p.handedBack)) {
             try {
                 // an answer that went out is marked done even when stop() began handing the request back meanwhile
                 if (p.replyIds.length > 0) await this.#claims.complete(m.id, p.replyIds);
@@ -528,6 +538,20 @@ export class AgentHost {
     async #publishReplies(p: Pending, replies: RusticMessage[]): Promise<void> {
         if (replies.length === 0) return;
         if (p.handedBack) return;
+        if (this.#claims && this.#publishAnswer) {
+            if (!(await this.#publishAnswer(p.ctx.origin.id, replies))) {
+                p.handedBack = true;
+                p.outcome = "dropped";
+                this.#log("warn", `request ${p.ctx.origin.id}: the claim is no longer ours (its lease ran out, or it was answered); reply not sent`);
+                return;
+            }
+            p.answeredAtomically = true;
+            for (const r of replies) {
+                p.replyIds.push(r.id);
+                for (const t of topicsOf(r)) p.replyTopics.add(t);
+            }
+            return;
+        }
         if (this.#claims && !(await this.#claims.confirm(p.ctx.origin.id))) {
             p.handedBack = true;
             p.outcome = "dropped";

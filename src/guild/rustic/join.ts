@@ -3,8 +3,12 @@
  * machine id leased in the guild (no other process, on any host, makes the same ids), the replica claims, and
  * the message store for `enrich_with_history`.
  */
-import { RedisRequestClaims, type RedisRequestClaimsOptions } from "../claims.js";
-import { RedisMessagingBackend, type RedisBackendEvent } from "../redis/RedisMessagingBackend.js";
+import { RedisRequestClaims, type RedisRequestClaimsOptions, type StoredCopy } from "../claims.js";
+import { RedisMessagingBackend, messageToWire, namespacedTopic, type RedisBackendEvent } from "../redis/RedisMessagingBackend.js";
+import { topicsOf, type Message } from "../../messages/message.js";
+import { gemstoneParts } from "../../messages/wire/gemstone.js";
+import { serializeWireMessage } from "../../messages/wire/message.js";
+import type { RusticMessage } from "./protocol.js";
 import type { MachineIdLease } from "../../messages/wire/machineId.js";
 import { wireMessageToDict } from "../../messages/wire/message.js";
 import { stringifyPyJson } from "../../messages/wire/json.js";
@@ -31,6 +35,8 @@ export interface JoinedRedisGuild {
     claims: RedisRequestClaims;
     /** `enrich_with_history`: the stored messages as Python's model_dump_json(exclude={session_state}) writes them. */
     history: (ids: string[]) => Promise<string[]>;
+    /** A claimed request's answer, published (as Python's store writes it) and marked done in one atomic step. */
+    publishAnswer: (requestId: string, messages: readonly RusticMessage[]) => Promise<boolean>;
     /** Releases the machine id, closes the claims and the backend. Idempotent. */
     close(): Promise<void>;
 }
@@ -83,6 +89,19 @@ export async function joinRedisGuild(options: JoinRedisGuildOptions): Promise<Jo
                 delete dict.session_state;
                 return stringifyPyJson(dict);
             });
+        },
+        publishAnswer: async (requestId, messages) => {
+            const copies: StoredCopy[] = [];
+            for (const m of messages) {
+                for (const topic of topicsOf(m)) {
+                    const wire = messageToWire({ ...m, topic_published_to: topic } as Message);
+                    copies.push({
+                        msgKey: `msg:${options.guildId}:${wire.id}`, json: serializeWireMessage(wire), ttlSeconds: backend.messageTtlSeconds,
+                        topicKey: namespacedTopic(options.guildId, topic), score: gemstoneParts(wire.id).timestamp,
+                    });
+                }
+            }
+            return claims.publishAnswer(requestId, copies, messages.map((m) => m.id));
         },
         close() {
             closing ??= (async () => {
