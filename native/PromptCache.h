@@ -7,9 +7,17 @@
 // keeps the KV of every token it decoded (its retained history: prompt and generated) until evicted. A new request
 // reuses the longest common prefix of its prompt with any id's history (the last request of the slot it gets,
 // another retained history, or a running request's decoded tokens), at most prompt - 1 tokens (the last one is
-// decoded for its logits). The copy is llama_memory_seq_cp(src, dst, 0, n): in a unified cache it only adds `dst`
-// to the same cells, so no data moves and no cell is taken; two requests can share one prefix at once, and evicting
-// the history they copied from frees none of the cells they use.
+// decoded for its logits). The id it gets: an empty one, else the id it reuses from (cut after the reused prefix)
+// when no request runs on it, else the least recently used history. The copy is llama_memory_seq_cp(src, dst, 0, n):
+// in a unified cache (one stream) it only adds `dst` to the same cells, so no data moves and no cell is taken; two
+// requests can share one prefix at once, and evicting the history they copied from frees none of the cells they
+// use. (Across streams, i.e. without kv_unified, llama.cpp copies buffers and asserts on a partial copy; the engine
+// always creates its context unified.)
+//
+// llama.cpp aborts (GGML_ASSERT) on a sequence id outside [0, n_seq_max) in seq_rm/seq_cp/seq_pos_*: every id here
+// is checked against Ids(), which the engine checks equals the context's llama_n_seq_max. A partial seq_rm that the
+// memory refuses (it returns false: recurrent memories) turns the cache off. After every admission and decode the
+// positions llama.cpp holds for a sequence are compared with the ledger's (Verify).
 //
 // Cells: CellLedger counts the physical cells exactly (a cell lives while any id tags it). The engine keeps
 //   Used() + Σ over running requests (reserved - decoded) <= kvSize
