@@ -78,6 +78,8 @@ export function errorBody(e: ApiError, url: string): unknown {
 
 export class ServingCore {
     model: PhiModel | undefined;
+    /** The most UTF-8 bytes one token of the vocabulary stands for (from the GGUF's token list). */
+    maxTokenBytes = 256;
     /** Why the model is not there (a failed load), for /health and 503s. */
     loadError: string | undefined;
     #closing = false;
@@ -161,12 +163,17 @@ export class ServingCore {
         const want = spec.options.maxTokens;
         // Phi-2's byte-level BPE makes at least one UTF-8 byte of every token: a prompt of fewer bytes than the room
         // left fits without tokenizing it here (PhiModel tokenizes it once, for the generation).
-        if (Buffer.byteLength(spec.prompt, "utf8") + (want ?? 1) <= ctx) return;
-        const n = model.tokenize(spec.prompt).length;
+        const bytes = Buffer.byteLength(spec.prompt, "utf8");
+        if (bytes + (want ?? 1) <= ctx) return;
+        // and no token is longer than maxTokenBytes: a prompt far too long is refused without tokenizing it on the
+        // event loop (a 1 MiB body would hold it up for every stream)
+        const atLeast = Math.ceil(bytes / this.maxTokenBytes);
+        const n = atLeast >= ctx ? atLeast : model.tokenize(spec.prompt).length;
+        const what = atLeast >= ctx ? `at least ${n}` : `${n}`;
         if (n >= ctx || (want !== undefined && n + want > ctx)) {
             const more = want !== undefined ? ` and "${spec.maxTokensParam}" asks for ${want} more` : "";
             throw new ApiError(400, "context_length_exceeded",
-                `This model's context holds ${ctx} tokens; the prompt is ${n} tokens${more}. Shorten "${spec.promptParam}"` +
+                `This model's context holds ${ctx} tokens; the prompt is ${what} tokens${more}. Shorten "${spec.promptParam}"` +
                 (want !== undefined ? ` or lower "${spec.maxTokensParam}"` : "") + ` (the context size is set with --context-size)`,
                 { param: n >= ctx ? spec.promptParam : spec.maxTokensParam });
         }
