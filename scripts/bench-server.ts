@@ -156,9 +156,9 @@ async function startDirect(job: DirectJob): Promise<{ run: (prompt: string, maxT
     };
 }
 
-/** Waits (at most 60 s) for the machine to be quiet; returns the other processes' share of the CPU. */
+/** Waits (at most 20 s) for the machine to be quiet; returns the other processes' share of the CPU. */
 async function quiet(): Promise<number> {
-    return waitForQuiet(0.15, 60_000, (busy) => log(`waiting for a quiet machine (others use ${(busy * 100).toFixed(0)}% of the CPU)`));
+    return waitForQuiet(0.15, 20_000, (busy) => log(`waiting for a quiet machine (others use ${(busy * 100).toFixed(0)}% of the CPU)`));
 }
 
 interface LevelResult { level: number; aggregateTokS: number; meanTtftMs: number; tokens: number; wallMs: number }

@@ -203,6 +203,11 @@ describe("server: OpenAI API (openai client)", function () {
             expect((err as BadRequestError).code).to.equal("context_length_exceeded");
             expect((err as BadRequestError).param).to.equal("messages");
         }
+        // a body near the 1 MiB limit is refused from its size alone (no tokenization on the event loop)
+        const huge = await openai.completions.create({ model: MODEL, prompt: "x".repeat(900_000) }).catch((e: unknown) => e);
+        expect(huge).to.be.instanceOf(BadRequestError);
+        expect((huge as BadRequestError).code).to.equal("context_length_exceeded");
+        expect((huge as Error).message).to.match(/the prompt is at least \d+ tokens/);
         const fits = await openai.completions.create({ model: MODEL, prompt: "word ".repeat(100), max_tokens: 500 }).catch((e: unknown) => e);
         expect(fits).to.be.instanceOf(BadRequestError);
         expect((fits as BadRequestError).code).to.equal("context_length_exceeded");

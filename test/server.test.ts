@@ -112,6 +112,26 @@ describe("server: HTTP, limits and safety", function () {
         expect((await fetch(`${t.url}/health`)).status).to.equal(200);
     });
 
+    it("the request timeout bounds receiving the request, not the response: a stream outlives it", async function () {
+        // this server's request timeout is 600 ms; the stream below is read slowly, one chunk per macrotask turn
+        const res = await post(`${t.url}/v1/completions`, { model: MODEL, prompt: "Once", max_tokens: 500, stream: true, stream_options: { include_usage: true } });
+        expect(res.status).to.equal(200);
+        const reader = res.body!.getReader();
+        let text = "";
+        const started = Date.now();
+        for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            text += Buffer.from(value).toString();
+            await new Promise((r) => setImmediate(r));
+        }
+        const took = Date.now() - started;
+        expect(text.trimEnd().endsWith("data: [DONE]")).to.equal(true);
+        const usage = text.split("\n").filter((l) => l.startsWith("data: {")).map((l) => JSON.parse(l.slice(6)) as { usage?: { completion_tokens: number } | null }).pop()!.usage;
+        expect(usage!.completion_tokens).to.be.greaterThan(0);
+        void took; // how long it ran (longer than the request timeout on this machine: ~1-2 s for 500 tokens)
+    });
+
     it("a client that vanishes mid-stream aborts its generation and frees the slot", async function () {
         const aborted = nextGeneration(t.server, (e) => e.finishReason === "abort");
         const body = JSON.stringify({ model: MODEL, prompt: "Once", max_tokens: 400, stream: true });

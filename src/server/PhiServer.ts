@@ -214,6 +214,12 @@ export class PhiServer implements AsyncDisposable {
         let core!: ServingCore;
         const metrics = new ServerMetrics(() => core.queueState());
         core = new ServingCore(metrics, { parallel, maxQueue, writeTimeoutMs }, (e) => events.emit("generation", e), (e) => events.emit("admitted", e));
+        if (Array.isArray(tokens)) {
+            // GPT-2's byte-level BPE writes one character per byte in the token list
+            let longest = 1;
+            for (const t of tokens) if (typeof t === "string" && t.length > longest) longest = t.length;
+            core.maxTokenBytes = longest;
+        }
         const ctx: ServerContext = {
             core,
             modelId,

@@ -9,10 +9,14 @@
  */
 import type { FastifyReply, FastifyRequest } from "fastify";
 import type { ServerResponse } from "node:http";
+import { performance } from "node:perf_hooks";
 import type { PhiModel } from "../model/PhiModel.js";
 import type { GenerateOptions, GenerationResult, TokenChunk } from "../model/types.js";
 import { ApiError, isOllamaPath, ollamaErrorBody, openAIErrorBody, toApiError } from "./errors.js";
 import type { QueueState, ServerMetrics } from "./metrics.js";
+
+/** Streams write at most this often (ms); tokens that arrive faster share a write. */
+export const STREAM_FLUSH_MS = 4;
 
 export interface ServingLimits {
     /** Sequence slots of the model (requests decoded together). */
@@ -74,6 +78,8 @@ export function errorBody(e: ApiError, url: string): unknown {
 
 export class ServingCore {
     model: PhiModel | undefined;
+    /** The most UTF-8 bytes one token of the vocabulary stands for (from the GGUF's token list). */
+    maxTokenBytes = 256;
     /** Why the model is not there (a failed load), for /health and 503s. */
     loadError: string | undefined;
     #closing = false;
@@ -152,18 +158,25 @@ export class ServingCore {
     }
 
     /** Refuses, as a 400 before anything is generated, a prompt that leaves no room in the context. */
-    #checkContext(model: PhiModel, spec: JobSpec): number {
-        const n = model.tokenize(spec.prompt).length;
+    #checkContext(model: PhiModel, spec: JobSpec): void {
         const ctx = model.info.runtime.contextSize;
         const want = spec.options.maxTokens;
+        // Phi-2's byte-level BPE makes at least one UTF-8 byte of every token: a prompt of fewer bytes than the room
+        // left fits without tokenizing it here (PhiModel tokenizes it once, for the generation).
+        const bytes = Buffer.byteLength(spec.prompt, "utf8");
+        if (bytes + (want ?? 1) <= ctx) return;
+        // and no token is longer than maxTokenBytes: a prompt far too long is refused without tokenizing it on the
+        // event loop (a 1 MiB body would hold it up for every stream)
+        const atLeast = Math.ceil(bytes / this.maxTokenBytes);
+        const n = atLeast >= ctx ? atLeast : model.tokenize(spec.prompt).length;
+        const what = atLeast >= ctx ? `at least ${n}` : `${n}`;
         if (n >= ctx || (want !== undefined && n + want > ctx)) {
             const more = want !== undefined ? ` and "${spec.maxTokensParam}" asks for ${want} more` : "";
             throw new ApiError(400, "context_length_exceeded",
-                `This model's context holds ${ctx} tokens; the prompt is ${n} tokens${more}. Shorten "${spec.promptParam}"` +
+                `This model's context holds ${ctx} tokens; the prompt is ${what} tokens${more}. Shorten "${spec.promptParam}"` +
                 (want !== undefined ? ` or lower "${spec.maxTokensParam}"` : "") + ` (the context size is set with --context-size)`,
                 { param: n >= ctx ? spec.promptParam : spec.maxTokensParam });
         }
-        return n;
     }
 
     #text(model: PhiModel, token: number): string {
@@ -246,6 +259,7 @@ export class ServingCore {
         const { model, release } = this.#admit();
         const { ac, done } = this.#watch(reply);
         let started = false;
+        let flushRest = () => "";
         try {
             this.#checkContext(model, spec);
             const gen = model.stream(spec.prompt, { ...spec.options, signal: ac.signal, stopOnAbort: true, ...(spec.logprobs !== undefined ? { logprobs: spec.logprobs } : {}) });
@@ -253,6 +267,20 @@ export class ServingCore {
             const pendingLogprobs: LogprobEntry[] = [];
             const allLogprobs: LogprobEntry[] | undefined = spec.logprobs !== undefined ? [] : undefined;
             let head: Record<string, string | number | string[]> | undefined;
+            // Writes are coalesced: the first goes out at once, later ones at most every STREAM_FLUSH_MS (tokens
+            // that come faster share one write: fewer syscalls and client wakeups; slower ones are not delayed).
+            let pending = "";
+            let lastFlush = 0;
+            let timer: NodeJS.Timeout | undefined;
+            let draining: Promise<void> | undefined;
+            const flush = () => {
+                timer = undefined;
+                if (!pending || res.destroyed) return;
+                const out = pending;
+                pending = "";
+                lastFlush = performance.now();
+                if (!res.write(out)) draining = drain(res, ac, this.limits.writeTimeoutMs).finally(() => (draining = undefined));
+            };
             const write = async (text: string) => {
                 if (!text || res.destroyed) return;
                 if (!started) {
@@ -260,10 +288,29 @@ export class ServingCore {
                     head = this.#headers(reply, encoder.contentType);
                     reply.hijack();
                     res.writeHead(200, head);
-                    text = encoder.start() + text;
+                    pending = encoder.start() + text;
+                    flush();
+                } else {
+                    pending += text;
+                    if (!timer && !draining) {
+                        const wait = lastFlush + STREAM_FLUSH_MS - performance.now();
+                        if (wait <= 0) flush();
+                        else timer = setTimeout(flush, wait);
+                    }
                 }
-                if (!res.write(text)) await drain(res, ac, this.limits.writeTimeoutMs);
+                if (draining) { // backpressure: PhiModel's stream pauses the request natively while we wait
+                    await draining;
+                    if (!timer) flush();
+                }
             };
+            const rest = () => {
+                clearTimeout(timer);
+                timer = undefined;
+                const out = pending;
+                pending = "";
+                return out;
+            };
+            flushRest = rest;
             let failure: unknown;
             try {
                 for await (const chunk of gen) {
@@ -281,6 +328,7 @@ export class ServingCore {
             const result = failure === undefined ? await gen.result : undefined;
             if (result) this.#observe(spec, result);
             if (!result || result.finishReason === "abort") {
+                rest();
                 if (ac.signal.aborted || res.destroyed) { // the client went away (or a bounded shutdown ended it)
                     if (started) res.destroy();
                     this.metrics.requests.inc({ route: spec.route, status: "499" }); // no 'finish': onResponse does not count it
@@ -295,13 +343,13 @@ export class ServingCore {
                 res.writeHead(200, this.#headers(reply, encoder.contentType));
                 res.write(encoder.start());
             }
-            res.end(encoder.end(result, allLogprobs ? pendingLogprobs.splice(0) : undefined));
+            res.end(rest() + encoder.end(result, allLogprobs ? pendingLogprobs.splice(0) : undefined));
         } catch (err) {
             const e = toApiError(err, { prompt: spec.promptParam });
             if (!started) throw e; // before any byte: an HTTP error with its status
             this.metrics.errors.inc({ type: e.type, code: e.code });
             const res = reply.raw;
-            if (!res.destroyed) res.end(encoder.error(e));
+            if (!res.destroyed) res.end(flushRest() + encoder.error(e));
         } finally {
             done();
             release();
