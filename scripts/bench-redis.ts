@@ -27,7 +27,7 @@ import { GenerationPromptRequest } from "../src/messages/formats.js";
 import { GemstoneIdGenerator, gemstoneParts, parseWireMessage, readWireMessage, serializeWireMessage } from "../src/messages/wire/index.js";
 import { ensureTestModel } from "../src/testModel/makeTestModel.js";
 import { startRedisServer, type RedisServer } from "../test/helpers/redis.js";
-import { fmtMs, repoRoot } from "./bench-lib/common.js";
+import { cpuSnapshot, fmtMs, repoRoot, waitForQuiet, type CpuSnapshot } from "./bench-lib/common.js";
 import { choiceFlag, intFlag, scriptArgs } from "./args.js";
 
 const USAGE = `Usage: node dist/scripts/bench-redis.js [--requests N] [--rounds N] [--burst N] [--tokens N] [--only overhead|replicas] [--json]
@@ -53,6 +53,16 @@ const REQUEST_TEMPLATE = JSON.stringify({
     routing_slip: null, message_history: [], ttl: null, is_error_message: false, traceparent: null, session_state: null,
     topic_published_to: "default_topic", enrich_with_history: 0, process_status: null, origin_guild_stack: [], id: 1, priority: 4, timestamp: 0.0,
 });
+
+/** Share of the machine's CPU capacity in use between two snapshots (all processes, ours included). */
+function busyShare(a: CpuSnapshot | undefined, b: CpuSnapshot | undefined): number {
+    if (!a || !b || b.at <= a.at) return NaN;
+    return Math.min(1, (b.busyMs - a.busyMs) / ((b.at - a.at) * os.availableParallelism()));
+}
+
+async function quiet(what: string): Promise<number> {
+    return waitForQuiet(0.3, 60_000, (busy) => process.stderr.write(`${what}: waiting for the machine to calm down (others use ${(busy * 100).toFixed(0)}%)\n`));
+}
 
 function pct(xs: number[], p: number): number {
     const s = [...xs].sort((a, b) => a - b);
@@ -106,6 +116,7 @@ async function overhead(server: RedisServer, modelPath: string) {
     const mem: number[] = [];
     const red: number[] = [];
     const payload = GenerationPromptRequest.create({ generation_prompt: PROMPT });
+    const foreign = await quiet("overhead");
     // warm-up
     for (let i = 0; i < 5; i++) { await client.request("default_topic", payload); await py.request({ generation_prompt: PROMPT }); }
     for (let r = 0; r < opts.rounds; r++) {
@@ -124,6 +135,7 @@ async function overhead(server: RedisServer, modelPath: string) {
     py.redis.disconnect();
     py.sub.disconnect();
     return {
+        foreignBefore: foreign,
         inMemory: { p50: pct(mem, 50), p99: pct(mem, 99), n: mem.length },
         redis: { p50: pct(red, 50), p99: pct(red, 99), n: red.length },
         overheadP50: pct(red, 50) - pct(mem, 50),
@@ -151,14 +163,17 @@ async function burst(server: RedisServer, modelPath: string, replicas: number) {
             "--threads", "1", "--context-size", "1024", "--replica-id", id], { stdio: ["ignore", "ignore", "ignore"] }));
     }
     await Promise.all(up);
+    const foreign = await quiet(`${replicas} replica(s)`);
+    const c0 = cpuSnapshot();
     const t0 = performance.now();
     await Promise.all(Array.from({ length: opts.burst }, (_, i) => py.request({ generation_prompt: `Request ${i}: ${PROMPT}`, max_tokens: opts.tokens })));
     const seconds = (performance.now() - t0) / 1000;
+    const busy = busyShare(c0, cpuSnapshot());
     for (const c of children) c.kill("SIGTERM");
     await Promise.all(children.map((c) => once(c, "exit")));
     py.redis.disconnect();
     py.sub.disconnect();
-    return { replicas, requests: opts.burst, seconds, requestsPerSecond: opts.burst / seconds, tokensPerSecond: (opts.burst * opts.tokens) / seconds };
+    return { replicas, requests: opts.burst, seconds, requestsPerSecond: opts.burst / seconds, tokensPerSecond: (opts.burst * opts.tokens) / seconds, foreignBefore: foreign, machineBusy: busy };
 }
 
 const server = await startRedisServer({ persist: false });
@@ -170,14 +185,17 @@ try {
     const result = { cpus: os.cpus().length, overhead: o, replicas: one && two ? [one, two] : [], scaling: one && two ? two.requestsPerSecond / one.requestsPerSecond : undefined };
     if (opts.json) process.stdout.write(JSON.stringify(result) + "\n");
     if (!opts.json && o) {
-        process.stdout.write(`per request, 1 token, one at a time (${o.inMemory.n} each):\n`);
+        process.stdout.write(`per request, 1 token, one at a time (${o.inMemory.n} each; others used ${(o.foreignBefore * 100).toFixed(0)}% of the CPUs before):\n`);
         process.stdout.write(`  in-memory guild          p50 ${fmtMs(o.inMemory.p50)}  p99 ${fmtMs(o.inMemory.p99)}\n`);
         process.stdout.write(`  Redis (agent host)       p50 ${fmtMs(o.redis.p50)}  p99 ${fmtMs(o.redis.p99)}\n`);
         process.stdout.write(`  Redis overhead           p50 ${fmtMs(o.overheadP50)}  p99 ${fmtMs(o.overheadP99)}\n`);
     }
     if (!opts.json && one && two) {
         process.stdout.write(`replicas (${opts.burst} requests × ${opts.tokens} tokens, 1 thread each, ${os.cpus().length} CPUs):\n`);
-        for (const r of [one, two]) process.stdout.write(`  ${r.replicas} replica(s)  ${r.requestsPerSecond.toFixed(1)} req/s  ${r.tokensPerSecond.toFixed(0)} tok/s  (${r.seconds.toFixed(2)} s)\n`);
+        for (const r of [one, two]) {
+            process.stdout.write(`  ${r.replicas} replica(s)  ${r.requestsPerSecond.toFixed(1)} req/s  ${r.tokensPerSecond.toFixed(0)} tok/s  (${r.seconds.toFixed(2)} s; ` +
+                `others used ${(r.foreignBefore * 100).toFixed(0)}% of the CPUs just before, the machine was ${(r.machineBusy * 100).toFixed(0)}% busy during)\n`);
+        }
         process.stdout.write(`  scaling 2/1: ${result.scaling!.toFixed(2)}×\n`);
     }
 } finally {
