@@ -16,6 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import { findLlamaBundle } from "./llama-bundle.mjs";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const base = path.join(root, "deps", "llama-server");
@@ -42,19 +43,8 @@ if (!/^[1-9][0-9]*$/.test(jobs)) {
     process.exit(2);
 }
 
-function findPackageDir(name) {
-    for (let dir = root; ; dir = path.dirname(dir)) {
-        const candidate = path.join(dir, "node_modules", name);
-        if (fs.existsSync(path.join(candidate, "package.json"))) return candidate;
-        if (path.dirname(dir) === dir) return undefined;
-    }
-}
-const nlcDir = findPackageDir("node-llama-cpp");
-if (!nlcDir) fail("node-llama-cpp is not installed. Run `npm ci` in the project root first.");
-const bundle = path.join(nlcDir, "llama", "gitRelease.bundle");
-if (!fs.existsSync(bundle)) fail(`${bundle} is missing; reinstall node-llama-cpp (npm ci).`);
-const info = JSON.parse(fs.readFileSync(path.join(nlcDir, "llama", "llama.cpp.info.json"), "utf8"));
-const want = { tag: info.tag, bundleSize: fs.statSync(bundle).size };
+const { bundle, info, bundleSize } = findLlamaBundle(root, fail);
+const want = { tag: info.tag, bundleSize };
 const rel = path.relative(root, binary);
 
 if (!values.force && fs.existsSync(binary) && fs.existsSync(stampFile)) {

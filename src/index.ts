@@ -16,11 +16,12 @@ export { GENERATE_DEFAULTS, LOAD_DEFAULTS } from "./model/options.js";
 export { OPTION_SCHEMAS, threadLimit } from "./model/limits.js";
 export { defaultThreads } from "./native/binding.js";
 export {
-    AbortError, ContextOverflowError, DisposedError, GGUFError, InvalidStateError, OutputPathError, PhiAgentError, PhiRangeError, PhiTypeError,
+    AbortError, ContextOverflowError, DisposedError, GGUFError, InvalidStateError, MessagingUnavailableError, OutputPathError, PhiAgentError, PhiRangeError, PhiTypeError,
     isAbortError, isArgumentError, type PhiErrorCode,
 } from "./errors.js";
 export { readGGUF, checkPhi2, inspectGGUF, type GGUFHeader, type GGUFSummary } from "./gguf/index.js";
 export { makeTestModel, type MakeTestModelOptions, type TestModelShape, type TestModelType } from "./testModel/makeTestModel.js";
 export * from "./messages/index.js";
+export * from "./messages/wire/index.js";
 export * from "./guild/index.js";
 export * from "./agent/index.js";

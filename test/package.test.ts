@@ -17,7 +17,7 @@ import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { librarySets, packageRoot } from "../src/native/binding.js";
-import { tinyModel } from "./helpers/models.js";
+import { TEST_THREADS, tinyModel } from "./helpers/models.js";
 
 function npmCli(): string {
     // npm's own entry script next to this Node (so PATH can be emptied of compilers).
@@ -98,7 +98,7 @@ describe("npm package", function () {
 
         fs.writeFileSync(path.join(project, "main.js"), `
             import { PhiModel } from "llm-phi-agent";
-            const model = await PhiModel.load({ modelPath: process.argv[2], threads: 2, contextSize: 64 });
+            const model = await PhiModel.load({ modelPath: process.argv[2], threads: ${TEST_THREADS}, contextSize: 64 });
             const r = await model.generate("The benefits of multi-agent systems include", { maxTokens: 8 });
             console.log(JSON.stringify({ tokens: r.tokens, finishReason: r.finishReason, addon: model.info.runtime.libraryPath }));
             await model.dispose();
@@ -133,7 +133,7 @@ describe("npm package", function () {
         const made = cli("make-test-model", "--out", "models/tiny-q4.gguf", "--type", "q4_k_m", "--json");
         expect(made.status, made.stderr).to.equal(0);
         expect(JSON.parse(made.stdout)).to.include({ path: path.join(project, "models", "tiny-q4.gguf"), type: "q4_k_m" });
-        const gen = cli("generate", "--model", "models/tiny-q4.gguf", "--prompt", "The benefits of", "--max-tokens", "4", "--threads", "2", "--json");
+        const gen = cli("generate", "--model", "models/tiny-q4.gguf", "--prompt", "The benefits of", "--max-tokens", "4", "--threads", String(TEST_THREADS), "--json");
         expect(gen.status, gen.stderr).to.equal(0);
         expect((JSON.parse(gen.stdout) as { tokens: number[] }).tokens).to.have.length(4);
 

@@ -155,7 +155,7 @@ describe("server: Ollama API (ollama client)", function () {
             return { text, count };
         }));
         for (const r of results) expect(r.count).to.be.within(1, 16);
-        expect(t.server.model!.stats()).to.deep.equal({ active: 0, waiting: 0 });
+        expect(t.server.model!.stats()).to.include({ active: 0, waiting: 0 });
     });
 });
 

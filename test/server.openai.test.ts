@@ -85,7 +85,11 @@ describe("server: OpenAI API (openai client)", function () {
         expect(chunks).to.be.greaterThan(2);
         expect(text).to.equal(whole.choices[0]!.message.content);
         expect(finish).to.equal(whole.choices[0]!.finish_reason);
-        expect(usage).to.deep.equal(whole.usage);
+        // the same counts; the streamed request repeats the prompt, so its prefix may come from the prompt cache
+        const { prompt_tokens_details: cachedNow, ...counts } = usage!;
+        const { prompt_tokens_details: _cachedBefore, ...wholeCounts } = whole.usage!;
+        expect(counts).to.deep.equal(wholeCounts);
+        expect(cachedNow?.cached_tokens ?? 0).to.be.within(0, usage!.prompt_tokens);
     });
 
     it("streams a legacy completion", async function () {
@@ -147,7 +151,9 @@ describe("server: OpenAI API (openai client)", function () {
         const stream = await openai.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "Hi" }], max_tokens: 6, logprobs: true, top_logprobs: 3, stream: true });
         const streamed: OpenAI.ChatCompletionTokenLogprob[] = [];
         for await (const chunk of stream) streamed.push(...(chunk.choices[0]?.logprobs?.content ?? []));
-        expect(streamed.map((c) => [c.token, c.logprob])).to.deep.equal(content.map((c) => [c.token, c.logprob]));
+        // the same tokens; logprobs equal to float rounding (a cached prompt prefix is computed in another batch)
+        expect(streamed.map((c) => c.token)).to.deep.equal(content.map((c) => c.token));
+        streamed.forEach((c, i) => expect(c.logprob, `token ${i}`).to.be.closeTo(content[i]!.logprob, 1e-3));
 
         const legacy = await openai.completions.create({ model: MODEL, prompt: "Hello", max_tokens: 5, logprobs: 2 });
         const lp = legacy.choices[0]!.logprobs!;
@@ -228,7 +234,7 @@ describe("server: OpenAI API (openai client)", function () {
             expect(r.finish).to.be.oneOf(["stop", "length"]);
             expect(r.usage!.completion_tokens).to.be.within(1, 16);
         }
-        expect(t.server.model!.stats()).to.deep.equal({ active: 0, waiting: 0 });
+        expect(t.server.model!.stats()).to.include({ active: 0, waiting: 0 });
     });
 });
 

@@ -61,10 +61,8 @@ export interface GenerationStream extends AsyncIterable<TokenChunk> {
 export const STREAM_BUFFER_CHUNKS = 64;
 
 /** An AbortError that carries the signal's reason (as `cause`, and in the message). */
-function abortError(what: string, signal: AbortSignal | undefined, caller: Error): AbortError {
-    const reason: unknown = signal?.reason;
-    const why = reason instanceof Error ? reason.message : typeof reason === "string" ? reason : undefined;
-    return withCallerStack(new AbortError(why ? `${what}: ${why}` : what, reason), caller);
+function abortError(what: string, signal: AbortSignal | undefined, caller: Error, cause?: unknown): AbortError {
+    return withCallerStack(cause === undefined ? AbortError.fromSignal(what, signal) : AbortError.fromSignal(what, signal, cause), caller);
 }
 
 interface RunHooks {
@@ -90,7 +88,7 @@ export class PhiModel implements AsyncDisposable {
     static async load(options: LoadOptions): Promise<PhiModel> {
         const caller = new Error();
         const o = resolveLoadOptions(options);
-        if (o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted before it started"), caller);
+        if (o.signal?.aborted) throw abortError("The model load was aborted before it started", o.signal, caller);
 
         // One open descriptor from the check to the end of the load: llama.cpp reads the very file that was checked
         // (a rename or swap of the path meanwhile changes nothing), and the descriptor stays open until the load ends.
@@ -98,7 +96,7 @@ export class PhiModel implements AsyncDisposable {
         let binding: ReturnType<typeof loadBinding>, device: NativeDevice, libraryDir: string, native: NativeModel;
         let gpuLayers: number, contextSize: number, kvSize: number, threads: number, batchThreads: number;
         try {
-            if (o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted before it started"), caller);
+            if (o.signal?.aborted) throw abortError("The model load was aborted before it started", o.signal, caller);
             binding = loadBinding();
             ({ device, libraryDir } = selectDevice(o.device, o.libraryPath));
             gpuLayers = device.type === "cpu" ? 0 : o.gpuLayers === "all" ? hparams.blockCount + 1 : o.gpuLayers;
@@ -121,7 +119,7 @@ export class PhiModel implements AsyncDisposable {
                 }, o.onProgress);
             } catch (err) {
                 const e = err as Error & { code?: string; cause?: unknown };
-                if (e.code === "ERR_ABORTED" || o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted", err), caller);
+                if (e.code === "ERR_ABORTED" || o.signal?.aborted) throw abortError("The model load was aborted", o.signal, caller, err);
                 throw withCallerStack(new PhiAgentError("ERR_LOAD_FAILED", e.message, { cause: e.cause ?? err }), caller);
             } finally {
                 o.signal?.removeEventListener("abort", onAbort);
@@ -139,7 +137,7 @@ export class PhiModel implements AsyncDisposable {
         }
         if (o.signal?.aborted) {
             await native.dispose();
-            throw withCallerStack(new AbortError("The model load was aborted"), caller);
+            throw abortError("The model load was aborted", o.signal, caller);
         }
 
         let threadpool = false;
@@ -147,6 +145,7 @@ export class PhiModel implements AsyncDisposable {
             kvSize, contextSize, batchSize: o.batchSize, sequences: o.sequences, threads, batchThreads,
             threadpool: o.threadpool,
             flashAttention: o.flashAttention === "auto" ? -1 : o.flashAttention === "on" ? 1 : 0,
+            promptCacheSize: o.promptCacheSize,
         });
         try {
             threadpool = (await engine.init()).threadpool;
@@ -181,6 +180,7 @@ export class PhiModel implements AsyncDisposable {
                 batchThreads,
                 threadpool,
                 flashAttention: o.flashAttention,
+                promptCacheSize: o.promptCacheSize,
                 libraryPath: libraryDir,
                 llamaCppRelease: libraryRelease(libraryDir),
             },
@@ -383,11 +383,14 @@ export class PhiModel implements AsyncDisposable {
         return promise;
     }
 
-    /** Queue state of the batching engine (active and waiting generate() calls). */
-    stats(): { active: number; waiting: number } {
+    /**
+     * Queue state of the batching engine: active and waiting generate() calls, and the KV cells that only the
+     * prompt cache holds (README "Prompt cache"; they are evicted when calls need them).
+     */
+    stats(): { active: number; waiting: number; cachedCells: number } {
         const { engine } = this.#live();
         const s = engine.stats();
-        return { active: s.active, waiting: s.waiting };
+        return { active: s.active, waiting: s.waiting, cachedCells: s.cachedCells };
     }
 
     /**
@@ -421,6 +424,7 @@ function toResult(p: NativeDonePayload): GenerationResult {
         finishReason: p.finishReason,
         usage: {
             promptTokens: p.promptTokens,
+            cachedPromptTokens: p.cachedTokens,
             completionTokens: tokens.length,
             promptMs: p.promptMs,
             generationMs: p.generationMs,

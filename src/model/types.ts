@@ -48,6 +48,13 @@ export interface LoadOptions {
      * the weights: more RSS and a slower load). Default: see README "Memory and load time".
      */
     repack?: boolean;
+    /**
+     * KV cells that decoded prompts may keep for reuse once their calls have ended (README "Prompt cache"): a call
+     * whose prompt starts with tokens the engine still holds the KV of (a previous call's prompt and output, or a
+     * running call's) copies that KV instead of decoding it again. Default 2048; 0 turns the cache off. The cells
+     * come out of kvCacheSize and are evicted (least recently used first) whenever calls need them.
+     */
+    promptCacheSize?: number;
     /** Folder holding a llama.cpp build's shared libraries (libllama, libggml*) to use instead of the prebuilt ones. Also PHI_LLAMA_LIB_DIR. */
     libraryPath?: string;
     /** Cancels the load. */
@@ -154,6 +161,8 @@ export type FinishReason = "eos" | "stop" | "length" | "context" | "abort";
 
 export interface GenerationUsage {
     promptTokens: number;
+    /** Prompt tokens whose KV came from the prompt cache instead of being decoded (at most promptTokens - 1). */
+    cachedPromptTokens: number;
     completionTokens: number;
     promptMs: number;
     generationMs: number;
@@ -208,6 +217,8 @@ export interface ModelInfo {
         /** A persistent ggml threadpool is attached (LoadOptions.threadpool, when the CPU backend provides one). */
         threadpool: boolean;
         flashAttention: "auto" | "on" | "off";
+        /** LoadOptions.promptCacheSize as used: 0 when the cache is off. */
+        promptCacheSize: number;
         libraryPath: string;
         llamaCppRelease: string;
     };

@@ -76,6 +76,8 @@ export interface NativeDonePayload {
     tokens: Int32Array;
     finishReason: "eos" | "stop" | "length" | "context" | "abort";
     promptTokens: number;
+    /** Prompt tokens whose KV was reused from the prompt cache. */
+    cachedTokens: number;
     promptMs: number;
     generationMs: number;
     queuedMs: number;
@@ -96,7 +98,11 @@ export interface NativeEngine {
     /** A paused request keeps its slot and KV cells but is not decoded until resumed (stream() backpressure). */
     pause(id: number, paused: boolean): void;
     close(): Promise<void>;
-    stats(): { active: number; waiting: number; reservedCells: number };
+    /**
+     * reservedCells: KV cells in use plus those running requests may still write; usedCells: cells in use;
+     * cachedCells: cells only the prompt cache holds (evicted when requests need them).
+     */
+    stats(): { active: number; waiting: number; reservedCells: number; usedCells: number; cachedCells: number };
 }
 
 export interface NativeEngineOptions {
@@ -109,6 +115,8 @@ export interface NativeEngineOptions {
     threadpool: boolean;
     /** llama_flash_attn_type: -1 auto, 0 off, 1 on. */
     flashAttention: -1 | 0 | 1;
+    /** KV cells decoded prompts may keep for reuse (0: no prompt cache). */
+    promptCacheSize: number;
 }
 
 export interface Binding {
