@@ -13,7 +13,8 @@
  *  - aggregate tok/s with 1 and 8 concurrent streams (distinct 32-token prompts): all tokens / wall time from the
  *    first request sent to the last chunk, prompts included.
  * Greedy; prompts whose greedy continuation runs the whole budget on our side (checked); llama-server gets
- * ignore_eos so it generates the same count, cache_prompt: false and --cache-ram 0 so neither side reuses a prompt.
+ * ignore_eos so it generates the same count; neither side reuses a prompt (ours --prompt-cache-size 0, llama-server
+ * cache_prompt: false and --cache-ram 0).
  * Rounds alternate which server goes first; the table shows the best of the rounds (and the median in the JSON).
  * Wrap it in `flock` with the other benches (bench/README.md). llama-server: `node scripts/build-llama-server.mjs`.
  */
@@ -98,7 +99,7 @@ const kvCells = (parallel: number, tokens: number) => parallel * Math.ceil((PROM
 
 async function startOurs(model: string, threads: number, parallel: number, cells: number): Promise<RunningServer> {
     const s = spawnServer(process.execPath, [path.join(root, "dist", "src", "cli", "main.js"), "serve", "--model", model, "--port", "0",
-        "--threads", String(threads), "--parallel", String(parallel), "--context-size", String(CONTEXT), "--kv-cache-size", String(Math.max(cells, CONTEXT)), "--max-queue", "256", "--name", "m"], "phi-agent serve");
+        "--threads", String(threads), "--parallel", String(parallel), "--context-size", String(CONTEXT), "--kv-cache-size", String(Math.max(cells, CONTEXT)), "--max-queue", "256", "--name", "m", "--prompt-cache-size", "0"], "phi-agent serve");
     const url = await new Promise<string>((resolve, reject) => {
         const check = () => {
             const m = /listening on (http:\/\/\S+)/.exec(s.stdout());

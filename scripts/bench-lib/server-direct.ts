@@ -24,7 +24,7 @@ export interface DirectRun {
 }
 
 const job = readJob<DirectJob>();
-const model = await PhiModel.load({ modelPath: job.modelPath, threads: job.threads, sequences: job.sequences, contextSize: job.contextSize });
+const model = await PhiModel.load({ modelPath: job.modelPath, threads: job.threads, sequences: job.sequences, contextSize: job.contextSize, promptCacheSize: 0 });
 await model.generate("warm up", { maxTokens: 4 });
 reportResult({ ready: true });
 for await (const line of readline.createInterface({ input: process.stdin })) {

@@ -14,6 +14,7 @@ export async function serve(argv: string[]): Promise<void> {
         parallel: { type: "string" }, device: { type: "string" }, threads: { type: "string" },
         "context-size": { type: "string" }, "kv-cache-size": { type: "string" }, "batch-size": { type: "string" },
         "gpu-layers": { type: "string" }, "flash-attention": { type: "string" }, "no-repack": { type: "boolean" },
+        "prompt-cache-size": { type: "string" },
         name: { type: "string" }, cors: { type: "string", multiple: true }, "max-queue": { type: "string" },
         "body-limit": { type: "string" }, "headers-timeout": { type: "string" }, "request-timeout": { type: "string" },
         "shutdown-timeout": { type: "string" }, "completion-max-tokens": { type: "string" },
@@ -36,6 +37,7 @@ export async function serve(argv: string[]): Promise<void> {
         batchSize: intFlag("batch-size", values["batch-size"]),
         gpuLayers: intFlag("gpu-layers", values["gpu-layers"]),
         flashAttention: choiceFlag("flash-attention", values["flash-attention"], ["auto", "on", "off"] as const),
+        promptCacheSize: intFlag("prompt-cache-size", values["prompt-cache-size"]),
         ...(values["no-repack"] ? { repack: false } : {}),
     };
     for (const k of Object.keys(load) as (keyof typeof load)[]) if (load[k] === undefined) delete load[k];
@@ -84,7 +86,8 @@ export async function serve(argv: string[]): Promise<void> {
 }
 serve.usage = `serve --model FILE [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--parallel N] [--device D]
                  [--threads N] [--context-size N] [--kv-cache-size N] [--batch-size N] [--gpu-layers N]
-                 [--flash-attention auto|on|off] [--no-repack] [--name ID] [--cors ORIGIN]... [--max-queue N]
+                 [--flash-attention auto|on|off] [--no-repack] [--prompt-cache-size N] [--name ID] [--cors ORIGIN]...
+                 [--max-queue N]
                  [--body-limit BYTES] [--headers-timeout MS] [--request-timeout MS] [--shutdown-timeout S]
                  [--completion-max-tokens N]
 
@@ -98,5 +101,6 @@ Security defaults: binds 127.0.0.1; --api-key KEY (or $PHI_AGENT_API_KEY) is the
 warning); bodies up to 1 MiB (--body-limit); headers within 10 s, whole requests within 30 s; --max-queue 64
 requests wait beyond the --parallel slots (default 8), more get 429 with Retry-After; a client that disconnects
 aborts its generation; CORS is off unless --cors ORIGIN (repeatable, or "*"). --name is the model's id (default:
-the file name without .gguf). SIGTERM or Ctrl-C stop taking requests, let those in flight finish (at most
+the file name without .gguf). --prompt-cache-size N: KV cells kept for prompt prefixes that later requests repeat
+(README "Prompt cache"; 0 turns it off); usage.prompt_tokens_details.cached_tokens reports the hits. SIGTERM or Ctrl-C stop taking requests, let those in flight finish (at most
 --shutdown-timeout seconds, default 30), and exit (0 after SIGTERM, 130 after Ctrl-C).`;

@@ -61,11 +61,11 @@ export interface StreamEncoder {
 export interface JobResult {
     result: GenerationResult;
     logprobs?: LogprobEntry[];
-    /** Prompt tokens served from a prompt cache (GenerationResult.usage.cachedPromptTokens, when PhiModel reports it). */
+    /** Prompt tokens served from the prompt cache (GenerationResult.usage.cachedPromptTokens). */
     cachedTokens?: number;
 }
 
-/** Prompt tokens a prompt cache served (the `prefix` work adds usage.cachedPromptTokens; absent until then). */
+/** Prompt tokens the prompt cache served (usage.cachedPromptTokens; undefined from a PhiModel that does not report it). */
 export function cachedTokensOf(result: GenerationResult): number | undefined {
     const cached = (result.usage as { cachedPromptTokens?: unknown }).cachedPromptTokens;
     return typeof cached === "number" ? cached : undefined;
