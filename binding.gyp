@@ -14,7 +14,8 @@
         "native/NativeModel.cpp",
         "native/NativeEngine.cpp",
         "native/FilePages.cpp",
-        "native/TextStream.cpp"
+        "native/TextStream.cpp",
+        "native/Sampler.cpp"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

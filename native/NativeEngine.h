@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "Common.h"
+#include "Sampler.h"
 #include "TextStream.h"
 
 class NativeModel;
@@ -36,19 +37,6 @@ struct EngineParams {
     int32_t batchThreads = 4;
     bool threadpool = true;  // one persistent ggml threadpool for this context, instead of new threads per graph
     int32_t flashAttention = -1;  // llama_flash_attn_type: -1 auto, 0 off, 1 on
-};
-
-// Every field comes from JS on each submit (src/model/options.ts holds the defaults; Submit requires them all).
-struct SamplingParams {
-    float temperature;
-    int32_t topK;
-    float topP;
-    float minP;
-    float repeatPenalty;
-    float presencePenalty;
-    float frequencyPenalty;
-    int32_t repeatLastN;
-    uint32_t seed;
 };
 
 struct Request {
@@ -74,7 +62,7 @@ struct Request {
     int32_t batchIndex = -1;    // where this request's logits are in the current batch
     bool generating = false;    // prompt fully decoded, at least one token sampled
     llama_token lastToken = -1; // sampled, not yet decoded
-    SamplerPtr sampler;
+    RequestSampler sampler;     // the chain of its options, and its grammar (set at submit) if any
     std::vector<llama_token> generated;
     TextStream text;  // the text, and what of it may be streamed yet (UTF-8 and stop-string hold-back)
     int64_t tQueued = 0, tStart = 0, tFirst = 0, tEnd = 0;

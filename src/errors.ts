@@ -69,6 +69,44 @@ export class PhiRangeError extends RangeError {
     }
 }
 
+/**
+ * Why a GBNF grammar is refused (GrammarError.kind). "syntax", "undefined-rule", "no-root", "empty" and
+ * "left-recursion" are refused by llama.cpp's parser too; the others are what it would accept but then abort on,
+ * hang on or never finish (README "Typed output").
+ */
+export type GrammarErrorKind =
+    | "syntax" | "undefined-rule" | "no-root" | "empty" | "left-recursion" | "repetition"
+    | "hidden-left-recursion" | "limit" | "unfinishable" | "character" | "token";
+
+/**
+ * A GBNF grammar that cannot be used: `message` names the line and column, the rule and the fix. A RangeError
+ * with code ERR_INVALID_ARGUMENT, thrown before anything reaches llama.cpp.
+ */
+export class GrammarError extends PhiRangeError {
+    readonly kind: GrammarErrorKind;
+    readonly line?: number;
+    readonly column?: number;
+    constructor(kind: GrammarErrorKind, message: string, where: { line?: number; column?: number; rule?: string } = {}) {
+        super(message, { details: { kind, ...where } });
+        this.name = "GrammarError";
+        this.kind = kind;
+        if (where.line !== undefined) this.line = where.line;
+        if (where.column !== undefined) this.column = where.column;
+    }
+}
+
+/**
+ * A JSON Schema that cannot be turned into a grammar: a keyword this library does not support, a broken or
+ * unsatisfiable schema. `pointer` is the JSON pointer of the schema part at fault ("" for the root), `keyword`
+ * the keyword. A RangeError with code ERR_INVALID_ARGUMENT, thrown before anything reaches llama.cpp.
+ */
+export class JsonSchemaError extends PhiRangeError {
+    constructor(message: string, readonly pointer: string, readonly keyword?: string) {
+        super(message, { details: keyword === undefined ? { pointer } : { pointer, keyword } });
+        this.name = "JsonSchemaError";
+    }
+}
+
 /** Whether `err` is an argument error of this library (PhiTypeError / PhiRangeError, code ERR_INVALID_ARGUMENT). */
 export function isArgumentError(err: unknown): err is PhiTypeError | PhiRangeError {
     return err instanceof PhiTypeError || err instanceof PhiRangeError;

@@ -67,6 +67,8 @@ export interface NativeSubmitOptions {
     seed: number;
     stop: string[];
     captureLogits: boolean;
+    /** GBNF (start rule "root") the output must match; "" for none. Checked by src/grammar/gbnf.ts first. */
+    grammar: string;
 }
 
 export interface NativeDonePayload {
