@@ -4,9 +4,11 @@
 //
 // With a grammar it samples as llama.cpp's common_sampler does (common/sampling.cpp): the chain picks a token from
 // the raw logits, and only that token is checked against the grammar; when the grammar rejects it, the logits are
-// masked by the grammar (every token checked) and the chain picks again. The check costs one token; the mask costs
-// the whole vocabulary, so it runs only when the model's own choice does not fit. The result is the chain's choice
-// among the tokens the grammar allows (for dist sampling: the distribution restricted to them).
+// masked by the grammar and the chain picks again. The check costs one token; a mask of the whole vocabulary costs
+// ~10 ms (51200 tokens), so it runs only when the model's own choice does not fit, and then, when the pick needs
+// only the best tokens (greedy, top-k, min-p), on the highest logits first, in growing chunks, until the pick is
+// decided (the answer is the same as with the whole vocabulary masked). The result is the chain's choice among the
+// tokens the grammar allows (for dist sampling: the distribution restricted to them).
 //
 // On top of the grammar, a token must extend the text as strict UTF-8 (no overlong forms, surrogates or NUL bytes:
 // the grammar decodes bytes leniently, and such a text would not read back as the characters it matched) and must
@@ -38,7 +40,7 @@ class RequestSampler {
 public:
     // Parses `grammar` for `model`'s vocabulary (JS thread, at submit). Throws std::invalid_argument, with
     // llama.cpp's reason, when llama.cpp refuses it (src/grammar/gbnf.ts checks it first, so this is a backstop).
-    void SetGrammar(const LoadedModel& model, const std::string& grammar);
+    void SetGrammar(LoadedModel& model, const std::string& grammar);
     // Builds the chain (the penalties look back over the end of `prompt`).
     void Build(const LoadedModel& model, const SamplingParams& s, const std::vector<llama_token>& prompt);
     // Picks the next token from the logits of batch row `idx` and accepts it. Throws std::runtime_error when the
@@ -52,18 +54,40 @@ public:
     void Reset() noexcept;
 
 private:
+    // What the pick needs to see of the masked logits: all of them, or only the best (see Masked).
+    enum class Pick { Greedy, TopK, MinP, All };
+
     bool GrammarAllows(llama_token token);
-    // Whether `token` may follow the text so far: it has text, keeps it strict UTF-8, and the grammar allows it.
-    bool Fits(llama_token token, std::string* pending);
+    // Whether `token` may follow the text so far, apart from the grammar: it has text and keeps it strict UTF-8.
+    bool Extends(llama_token token, std::string* pending);
+    // Extends() and the grammar allows it.
+    bool Fits(llama_token token, std::string* pending) { return Extends(token, pending) && GrammarAllows(token); }
+    // Copies `logits` into cur_ (one entry per token, by id).
     void Fill(const float* logits);
+    // The pick among the tokens the grammar allows. It checks only tokens whose first byte the grammar allows (one
+    // check of the 256 one-byte tokens rules out the rest), and for Greedy, TopK and MinP only the best of those,
+    // in growing chunks, until nothing unchecked could change the pick.
+    llama_token Masked(std::string* pending);
 
     const LoadedModel* model_ = nullptr;  // the engine's model: it outlives every request's sampling
-    SamplerPtr chain_;
+    SamplerPtr penalties_;  // null without penalties
+    SamplerPtr pick_;       // greedy, or top-k / top-p / min-p / temperature / dist
     SamplerPtr grammar_;
+    Pick mode_ = Pick::All;
+    // Benchmarks only (PHI_AGENT_GRAMMAR_MODE, read when the chain is built): "first" masks before every pick
+    // (no check of the chain's choice), "full" also masks the whole vocabulary (no first-byte filter, no chunks):
+    // llama.cpp's plain grammar-first sampling, to compare against.
+    bool maskAlways_ = false;
+    bool maskWhole_ = false;
+    int32_t topK_ = 0;
+    float minP_ = 0;
     std::vector<llama_token_data> cur_;
-    std::vector<float> masked_;
+    std::vector<float> base_;     // the logits after the penalties, by token id
+    std::vector<llama_token_data> order_;  // candidates of Masked(), best first chunk by chunk
+    std::vector<llama_token_data> valid_;
+    std::shared_ptr<const TokenIndex> index_;
     std::string pending_;  // bytes of an incomplete UTF-8 character at the end of the text so far
     // statistics (PHI_AGENT_SAMPLER_STATS)
-    uint64_t tokens_ = 0, masked_count_ = 0;
+    uint64_t tokens_ = 0, masked_count_ = 0, maskedTokens_ = 0;  // maskedTokens_: vocabulary entries the grammar checked
     int64_t chainUs_ = 0, checkUs_ = 0, maskUs_ = 0;
 };

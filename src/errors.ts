@@ -27,7 +27,9 @@ export type PhiErrorCode =
     | "ERR_GENERATION_FAILED"
     | "ERR_QUANTIZE_FAILED"
     | "ERR_OUTPUT_EXISTS"
-    | "ERR_INVALID_OUTPUT";
+    | "ERR_INVALID_OUTPUT"
+    /** Typed output (a JSON schema) cut short by the token budget or the context before the document was complete. */
+    | "ERR_OUTPUT_INCOMPLETE";
 
 export class PhiAgentError extends Error {
     readonly code: PhiErrorCode;

@@ -15,6 +15,8 @@
  *     "limit": x{m,n} with n < m (llama.cpp loops creating rules until memory runs out), n > 2000 (silently
  *       unbounded), nesting, size and path counts past GRAMMAR_LIMITS (src/model/limits.ts: stack overflow,
  *       exponential time);
+ *       an item that may be empty repeated two or more times (x{0,4}){0,5} (ambiguous: llama.cpp's parse stacks
+ *       multiply with every such nesting, and sampling crawls);
  *     "unfinishable": a rule reachable from root that can never end (its every alternative needs itself);
  *     "character": a NUL character, a literal character that is not a Unicode scalar value, a character class that
  *       matches no character (no token could ever produce it);
@@ -95,6 +97,8 @@ class Parser {
     readonly tokens: GbnfTokenRef[] = [];
     /** Problems llama.cpp would not report; raised after its own checks pass (so kinds stay comparable with it). */
     readonly deferred: GrammarError[] = [];
+    /** Repetitions of two or more, to refuse those of an item that may be empty once nullability is known. */
+    readonly repetitions: { pos: number; ruleName: string; item: number[] }[] = [];
     elements = 0;
     depth = 0;
 
@@ -290,6 +294,7 @@ class Parser {
                 // llama.cpp computes max - min unsigned and loops creating rules until memory runs out
                 this.fail("limit", at, `the repetition {${min},${max}} has its maximum below its minimum; write {${max},${min}}`, ruleName);
             }
+            if (noMax || max >= 2n) this.repetitions.push({ pos: at, ruleName, item: prev });
             const nOpt = noMax ? 1n : max - min;
             this.checkSize(rule.length + prev.length * (Number(min) + Number(nOpt) * 2));
             if (min === 0n) rule.length = lastSymStart;
@@ -587,6 +592,15 @@ function parseAndCheck(text: string, rootName: string): ParsedGbnf {
     if (cycle) {
         throw new GrammarError("hidden-left-recursion", `GBNF: left recursion through rules that may be empty: ${cycle.map(nameOf).join(" → ")} can begin with itself ` +
             `(llama.cpp would loop forever on it); make the rules in between consume text, or move the recursive reference to the end`, { rule: nameOf(cycle[0]!) });
+    }
+    for (const rep of p.repetitions) {
+        let empty = true;
+        for (let i = 0; i < rep.item.length && empty; i += 2) empty = rep.item[i] === RULE_REF && nullable[rep.item[i + 1]!]!;
+        if (empty) {
+            // every way to split the text between the copies is a parse stack llama.cpp carries along: nested, they multiply
+            p.fail("limit", rep.pos, `this repeats something that may match the empty string, which makes the grammar ambiguous in a way that ` +
+                `multiplies llama.cpp's parse stacks; repeat a part that always consumes text (e.g. "x{0,20}" instead of "(x{0,4}){0,5}")`, rep.ruleName);
+        }
     }
     const reachable = reachableRules(defined, root);
     const productive = productiveRules(defined);

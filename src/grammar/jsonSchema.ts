@@ -415,9 +415,9 @@ class Converter {
                 // every extra item follows a comma
                 body += " " + repeat(more, extraMin, extraMax);
             } else {
-                const first = `${item} ${ws}`;
-                const list = `${first} ${repeat(more, Math.max(0, extraMin - 1), extraMax - 1)}`.trim();
-                body = extraMin === 0 ? `(${list})?` : list;
+                // a rule of its own: llama.cpp counts the rules a repetition creates inside a group against its limit
+                const list = this.define(`${hint}-items`, `${item} ${ws} ${repeat(more, Math.max(0, extraMin - 1), extraMax - 1)}`.trim(), pointer);
+                body = extraMin === 0 ? `${list}?` : list;
             }
         }
         return this.define(hint, `"[" ${ws} ${body} "]"`.replace(/ {2,}/g, " "), pointer);

@@ -72,6 +72,12 @@ export const OUTPUT_SCHEMAS = {
     jsonSchema: Type.Union([Type.Object({}), Type.Boolean()], { description: "A JSON Schema the output must validate against (README \"Typed output\")." }),
 } as const;
 
+/** A copy of a typed-output schema with its own description (for a field that documents it in its own words). */
+export function outputSchema<K extends keyof typeof OUTPUT_SCHEMAS>(name: K, description?: string): (typeof OUTPUT_SCHEMAS)[K] {
+    const schema = OUTPUT_SCHEMAS[name];
+    return (description === undefined ? { ...schema } : { ...schema, description }) as (typeof OUTPUT_SCHEMAS)[K];
+}
+
 /** A copy of an option's schema with its own description (for a field that documents it in its own words). */
 export function optionSchema<K extends NumericOption>(name: K, description?: string): (typeof OPTION_SCHEMAS)[K] {
     const schema = OPTION_SCHEMAS[name];
