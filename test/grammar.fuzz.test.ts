@@ -109,11 +109,11 @@ describe("grammar fuzz: checkGbnf's verdicts against llama.cpp (child process)",
         if (dir) fs.rmSync(dir, { recursive: true, force: true });
     });
 
-    it("600 random and mutated grammars: llama.cpp runs every one we accept, and refuses every one we refuse as it would", async function () {
+    it("1000 random and mutated grammars: llama.cpp runs every one we accept, and refuses every one we refuse as it would", async function () {
         const file = path.join(dir, "fuzz-child.mjs"); // it imports the compiled modules by their file URLs
         fs.writeFileSync(file, CHILD);
         {
-            const r = await runChild(file, [await tinyModel("q8_0"), "11", "600"]);
+            const r = await runChild(file, [await tinyModel("q8_0"), "11", "1000"]);
             const tail = `\n--- stdout ---\n${r.stdout.slice(-3000)}\n--- stderr ---\n${r.stderr.slice(-3000)}`;
             expect(r.signal, `the child died of a signal (llama.cpp aborted?)${tail}`).to.equal(null);
             expect(r.status, `the child's exit code${tail}`).to.equal(0);
@@ -122,7 +122,7 @@ describe("grammar fuzz: checkGbnf's verdicts against llama.cpp (child process)",
                 `${report.llamaKinds} refused as llama.cpp refuses (${report.llamaAgreed} confirmed), stricter: ${JSON.stringify(report.stricter)}`);
             expect(report.disagreements, JSON.stringify(report.disagreements.slice(0, 3), null, 1)).to.deep.equal([]);
             expect(report.generated, "enough accepted grammars to mean something").to.be.at.least(100);
-            expect(report.llamaAgreed, "enough refused ones").to.be.at.least(100);
+            expect(report.llamaAgreed, "enough refused ones").to.be.at.least(300);
         }
     });
 });

@@ -1,8 +1,7 @@
 /**
  * Random GBNF texts for test/grammar.fuzz.test.ts: well-formed grammars built from random rules, and mutations of
  * them and of llama.cpp's shipped grammars (characters deleted, inserted, swapped), so that both sides of every
- * check get exercised. Never anything our checker would pass to llama.cpp with a hang in it by construction: the
- * generator writes no x{m,n} with n < m on purpose (mutations may, and then checkGbnf refuses it as a "limit").
+ * check get exercised, with a few of each known trap (bad escapes, x{3,1}, repetitions past 2000...).
  */
 function rng(seed: number): () => number {
     let a = seed >>> 0;
@@ -15,9 +14,10 @@ function rng(seed: number): () => number {
     };
 }
 
-const NAMES = ["root", "a", "b", "item", "list", "ws", "x-1", "val", "root_3"];
-const LITERAL_CHARS = ["a", "b", "z", " ", "é", "日", "\\n", "\\t", "\\\"", "\\\\", "\\x41", "\\u00e9", "\\U0001F600", "\\q", "\\x4", "\\x00", "\\uD800", "-", "]", "["];
-const CLASSES = ["[a-z]", "[^a-z]", "[0-9]", "[z-a]", "[]", "[^]", "[a-]", "[\\x00-\\x1F]", "[^\\x01-\\U0010FFFF]", "[\\]\\-]", "[^\"\\\\]", "[ \\t\\n]"];
+const NAMES = ["root", "a", "b", "item", "list", "ws", "x-1", "val", "root-2"];
+const LITERAL_CHARS = ["a", "b", "z", " ", "é", "日", "\\n", "\\t", "\\\"", "\\\\", "\\x41", "\\u00e9", "\\U0001F600", "-", "]", "["];
+const BAD_CHARS = ["\\q", "\\x4", "\\x00", "\\uD800", "\\U00110000"];
+const CLASSES = ["[a-z]", "[^a-z]", "[0-9]", "[z-a]", "[a-]", "[\\x00-\\x1F]", "[^\\x01-\\U0010FFFF]", "[\\]\\-]", "[^\"\\\\]", "[ \\t\\n]", "[a-z]", "[0-9a-f]"];
 
 export function randomGrammars(seed: number, count: number, seeds: readonly string[]): string[] {
     const r = rng(seed);
@@ -26,7 +26,7 @@ export function randomGrammars(seed: number, count: number, seeds: readonly stri
 
     const item = (depth: number, names: string[]): string => {
         switch (int(0, depth > 0 ? 8 : 4)) {
-            case 0: return `"${Array.from({ length: int(0, 3) }, () => pick(LITERAL_CHARS)).join("")}"`;
+            case 0: return `"${Array.from({ length: int(1, 3) }, () => (r() < 0.01 ? pick(BAD_CHARS) : pick(LITERAL_CHARS))).join("")}"`;
             case 1: return pick(CLASSES);
             case 2: return pick(names);
             case 3: return r() < 0.5 ? "." : `<[${pick([0, 13, 50256, 51199, 99999, 4294967296])}]>`;
@@ -35,15 +35,20 @@ export function randomGrammars(seed: number, count: number, seeds: readonly stri
             default: {
                 const base = item(depth - 1, names);
                 const min = int(0, 3);
-                return base + pick(["*", "+", "?", `{${min}}`, `{${min},}`, `{${min},${min + int(0, 4)}}`, `{${int(1990, 2010)}}`, "{0,2100}"]);
+                if (r() < 0.015) return base + pick([`{${int(1990, 2010)}}`, "{0,2100}", "{3,1}"]);
+                return base + pick(["*", "+", "?", `{${min}}`, `{${min},}`, `{${min},${min + int(0, 4)}}`]);
             }
         }
     };
-    const sequence = (depth: number, names: string[]) => Array.from({ length: int(0, 3) }, () => item(depth, names)).join(" ");
-    const alternatives = (depth: number, names: string[]) => Array.from({ length: int(1, 3) }, () => sequence(depth, names)).join(" | ");
+    const sequence = (depth: number, names: string[], min = 0) => Array.from({ length: int(min, 3) }, () => item(depth, names)).join(" ");
+    // the last alternative is never empty: a line ending in '|' goes on with the next line (as llama.cpp reads it)
+    const alternatives = (depth: number, names: string[]) => {
+        const n = int(1, 3);
+        return Array.from({ length: n }, (_, i) => sequence(depth, names, i === n - 1 ? 1 : 0)).join(" | ");
+    };
 
     const wellFormed = (): string => {
-        const names = NAMES.slice(0, int(1, NAMES.length));
+        const names = NAMES.slice(0, r() < 0.8 ? int(1, 4) : int(1, NAMES.length));
         if (!names.includes("root") && r() < 0.9) names[0] = "root";
         const lines = names.map((n) => `${n} ::= ${alternatives(2, names)}`);
         if (r() < 0.2) lines.splice(int(0, lines.length), 0, "# a comment");
