@@ -15,7 +15,8 @@
         "native/NativeEngine.cpp",
         "native/FilePages.cpp",
         "native/TextStream.cpp",
-        "native/PromptCache.cpp"
+        "native/PromptCache.cpp",
+        "native/Sampler.cpp"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

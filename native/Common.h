@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "LlamaLib.h"
@@ -49,6 +50,9 @@ struct LoadedModel {
     const llama_vocab* vocab = nullptr;
     int32_t nVocab = 0;
     std::atomic<int> engines{0};  // engines not yet closed (NativeModel.dispose() refuses while any is left)
+    // The vocabulary by first byte, for grammar sampling (native/Sampler.cpp), built on the first grammar.
+    std::once_flag tokenIndexOnce;
+    std::shared_ptr<const struct TokenIndex> tokenIndex;
 };
 using SharedModel = std::shared_ptr<LoadedModel>;
 

@@ -73,7 +73,9 @@
     X(llama_sampler_init_min_p)             \
     X(llama_sampler_init_temp)              \
     X(llama_sampler_init_penalties)         \
+    X(llama_sampler_init_grammar)           \
     X(llama_sampler_accept)                 \
+    X(llama_sampler_apply)                  \
     X(llama_sampler_sample)                 \
     X(llama_sampler_free)                   \
     X(llama_print_system_info)              \

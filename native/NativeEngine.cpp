@@ -522,6 +522,18 @@ Napi::Value NativeEngine::Submit(const Napi::CallbackInfo& info) {
         stops.push_back(v.As<Napi::String>().Utf8Value());
     }
     r->text = TextStream(std::move(stops));
+    Napi::Value grammar = o.Get("grammar");  // GBNF ("" = none), checked by src/grammar/gbnf.ts
+    if (!grammar.IsString()) MissingOption(env, "grammar", "a string", grammar);
+    if (const std::string text = grammar.As<Napi::String>().Utf8Value(); !text.empty()) {
+        try {
+            r->sampler.SetGrammar(*model_, text);
+        } catch (const std::exception& e) {
+            MakeError(env, "ERR_INVALID_ARGUMENT", e.what()).ThrowAsJavaScriptException();
+            return env.Undefined();
+        }
+        r->text.StopOnlyAtMarks();  // a stop string ends the text only where the grammar's document is complete
+        if (r->sampler.Complete()) r->text.MarkStop();
+    }
     // KV cells: with maxTokens all it can use, up front; without, the prompt and one token, then one per token
     // (NativeEngine::GrowCells). Never more than contextSize, so every request fits an empty cache.
     const uint64_t want = (uint64_t)r->prompt.size() + (r->maxTokens < 0 ? 1 : (uint64_t)r->maxTokens);
@@ -725,33 +737,7 @@ void NativeEngine::GrowCells() {
     }
 }
 
-void NativeEngine::BuildSampler(Request& r) {
-    const LlamaApi& api = LlamaLib::Api();
-    llama_sampler_chain_params cp = api.llama_sampler_chain_default_params();
-    cp.no_perf = true;
-    SamplerPtr chain(api.llama_sampler_chain_init(cp));
-    const SamplingParams& s = r.sampling;
-    const bool penalties = s.repeatPenalty != 1.0f || s.presencePenalty != 0.0f || s.frequencyPenalty != 0.0f;
-    if (penalties) {
-        api.llama_sampler_chain_add(chain.get(),
-                                    api.llama_sampler_init_penalties(model_->NVocab(), s.repeatLastN, s.repeatPenalty,
-                                                                     s.frequencyPenalty, s.presencePenalty));
-    }
-    if (s.temperature <= 0.0f) {
-        api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_greedy());
-    } else {
-        if (s.topK > 0) api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_top_k(s.topK));
-        if (s.topP < 1.0f) api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_top_p(s.topP, 1));
-        if (s.minP > 0.0f) api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_min_p(s.minP, 1));
-        api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_temp(s.temperature));
-        api.llama_sampler_chain_add(chain.get(), api.llama_sampler_init_dist(s.seed));
-    }
-    if (penalties) {  // the penalties look back over the prompt too
-        const size_t from = r.prompt.size() > (size_t)std::max(s.repeatLastN, 0) ? r.prompt.size() - s.repeatLastN : 0;
-        for (size_t i = from; i < r.prompt.size(); i++) api.llama_sampler_accept(chain.get(), r.prompt[i]);
-    }
-    r.sampler = std::move(chain);
-}
+void NativeEngine::BuildSampler(Request& r) { r.sampler.Build(*model_, r.sampling, r.prompt); }
 
 void NativeEngine::Step() {
     const LlamaApi& api = LlamaLib::Api();
@@ -883,7 +869,15 @@ void NativeEngine::Step() {
             const float* logits = api.llama_get_logits_ith(ctx_.get(), r->batchIndex);
             if (logits != nullptr) r->logits.assign(logits, logits + model_->NVocab());
         }
-        const llama_token token = api.llama_sampler_sample(r->sampler.get(), ctx_.get(), r->batchIndex);
+        llama_token token;
+        try {
+            token = r->sampler.Sample(ctx_.get(), r->batchIndex);
+        } catch (const std::exception& e) {  // the grammar allows no token: this request fails, the others go on
+            r->batchIndex = -1;
+            std::lock_guard<std::mutex> lock(mutex_);
+            Fail(r, "ERR_GENERATION_FAILED", std::string("sampling failed: ") + e.what());
+            continue;
+        }
         TokenLogprobs lp;
         if (r->logprobs >= 0) {
             const float* logits = api.llama_get_logits_ith(ctx_.get(), r->batchIndex);
@@ -923,6 +917,7 @@ void NativeEngine::ProcessToken(Request& r, llama_token token, const TokenLogpro
     const bool length = r.maxTokens >= 0 && r.generated.size() >= (size_t)r.maxTokens;
     const bool context = (uint32_t)r.nPast >= params_.contextSize;  // no room to decode it
     std::string chunk = r.text.Next(piece, length || context);
+    if (r.sampler.HasGrammar() && !r.text.Finished() && r.sampler.Complete()) r.text.MarkStop();
     if (r.text.Stopped()) r.finishReason = "stop";
     else if (length) r.finishReason = "length";
     else if (context) r.finishReason = "context";
@@ -1012,5 +1007,5 @@ void NativeEngine::PostDone(const std::shared_ptr<Request>& r) {
     }
     if (r->callback.NonBlockingCall(event, CallJs) != napi_ok) delete event;
     r->callback.Release();
-    r->sampler.reset();
+    r->sampler.Reset();
 }

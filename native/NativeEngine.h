@@ -26,6 +26,7 @@
 
 #include "Common.h"
 #include "PromptCache.h"
+#include "Sampler.h"
 #include "TextStream.h"
 
 class NativeModel;
@@ -42,19 +43,6 @@ struct EngineParams {
     bool threadpool;        // one persistent ggml threadpool for this context, instead of new threads per graph
     int32_t flashAttention; // llama_flash_attn_type: -1 auto, 0 off, 1 on
     uint32_t promptCacheSize; // KV cells decoded histories may keep for reuse while no request uses them; 0: off
-};
-
-// Every field comes from JS on each submit (src/model/options.ts holds the defaults; Submit requires them all).
-struct SamplingParams {
-    float temperature;
-    int32_t topK;
-    float topP;
-    float minP;
-    float repeatPenalty;
-    float presencePenalty;
-    float frequencyPenalty;
-    int32_t repeatLastN;
-    uint32_t seed;
 };
 
 // A sampled token's log-probability under the model's raw distribution (log-softmax of its logits, before any
@@ -92,7 +80,7 @@ struct Request {
     int32_t batchCount = 0;
     bool generating = false;    // prompt fully decoded, at least one token sampled
     llama_token lastToken = -1; // sampled, not yet decoded
-    SamplerPtr sampler;
+    RequestSampler sampler;     // the chain of its options, and its grammar (set at submit) if any
     std::vector<llama_token> generated;
     TextStream text;  // the text, and what of it may be streamed yet (UTF-8 and stop-string hold-back)
     int64_t tQueued = 0, tStart = 0, tFirst = 0, tEnd = 0;

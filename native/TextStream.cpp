@@ -36,11 +36,23 @@ void TextStream::Commit(const std::string& bytes) {
     // A new occurrence ends after `before`, so it starts at most maxStop_ - 1 bytes before it.
     const size_t from = before >= maxStop_ - 1 ? before - (maxStop_ - 1) : 0;
     size_t best = std::string::npos;
-    for (const auto& s : stops_) best = std::min(best, text_.find(s, from));
+    for (const auto& s : stops_) {
+        for (size_t at = text_.find(s, from); at != std::string::npos && at < best; at = text_.find(s, at + 1)) {
+            if (!marksOnly_ || std::binary_search(marks_.begin(), marks_.end(), at)) {
+                best = at;
+                break;
+            }
+        }
+    }
     if (best != std::string::npos) {
         text_.resize(best);
         stopped_ = true;
     }
+}
+
+void TextStream::MarkStop() {
+    if (!pending_.empty() || stopped_ || finished_) return;
+    if (marks_.empty() || marks_.back() < text_.size()) marks_.push_back(text_.size());
 }
 
 // The longest tail of text_ that is a proper prefix of a stop string.

@@ -9,6 +9,8 @@
 // A stop string is searched in the committed text after every token; the text is cut before its first occurrence.
 // At the end (EOS, maxTokens, end of context, abort) everything held back is released: the chunks returned by
 // Push() and Finish() always concatenate to exactly Text(), and no stop string appears in either.
+// With a grammar (StopOnlyAtMarks), a stop string ends the text only where it starts at a marked offset: where the
+// grammar's document was complete (MarkStop after such a token); an occurrence elsewhere is part of the document.
 #pragma once
 
 #include <string>
@@ -27,6 +29,12 @@ public:
     // Idempotent: a second call returns "".
     std::string Finish();
 
+    // Only stop strings that start at an offset passed to MarkStop() end the text (call before the first Push()).
+    void StopOnlyAtMarks() { marksOnly_ = true; }
+    // Marks the current end of the text as a place where a stop string may end it (ignored while a character is
+    // incomplete).
+    void MarkStop();
+
     const std::string& Text() const { return text_; }
     bool Stopped() const { return stopped_; }
     bool Finished() const { return finished_; }
@@ -44,4 +52,6 @@ private:
     size_t streamed_ = 0;  // bytes of text_ already returned
     bool stopped_ = false;
     bool finished_ = false;
+    bool marksOnly_ = false;
+    std::vector<size_t> marks_;  // increasing offsets of text_ where a stop string may start (marksOnly_)
 };

@@ -35,7 +35,9 @@ export type PhiErrorCode =
     /** A routing slip step needs something the agent host does not run (a CEL expression). */
     | "ERR_UNSUPPORTED_ROUTE"
     /** A replica's claim on a request was lost (its lease ran out, or Redis forgot it) before it answered. */
-    | "ERR_CLAIM_LOST";
+    | "ERR_CLAIM_LOST"
+    /** Typed output (a JSON schema) cut short by the token budget or the context before the document was complete. */
+    | "ERR_OUTPUT_INCOMPLETE";
 
 export class PhiAgentError extends Error {
     readonly code: PhiErrorCode;
@@ -74,6 +76,44 @@ export class PhiRangeError extends RangeError {
         super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
         this.name = "RangeError";
         if (options?.details) this.details = options.details;
+    }
+}
+
+/**
+ * Why a GBNF grammar is refused (GrammarError.kind). "syntax", "undefined-rule", "no-root", "empty" and
+ * "left-recursion" are refused by llama.cpp's parser too; the others are what it would accept but then abort on,
+ * hang on or never finish (README "Typed output").
+ */
+export type GrammarErrorKind =
+    | "syntax" | "undefined-rule" | "no-root" | "empty" | "left-recursion" | "repetition"
+    | "hidden-left-recursion" | "limit" | "unfinishable" | "character" | "token";
+
+/**
+ * A GBNF grammar that cannot be used: `message` names the line and column, the rule and the fix. A RangeError
+ * with code ERR_INVALID_ARGUMENT, thrown before anything reaches llama.cpp.
+ */
+export class GrammarError extends PhiRangeError {
+    readonly kind: GrammarErrorKind;
+    readonly line?: number;
+    readonly column?: number;
+    constructor(kind: GrammarErrorKind, message: string, where: { line?: number; column?: number; rule?: string } = {}) {
+        super(message, { details: { kind, ...where } });
+        this.name = "GrammarError";
+        this.kind = kind;
+        if (where.line !== undefined) this.line = where.line;
+        if (where.column !== undefined) this.column = where.column;
+    }
+}
+
+/**
+ * A JSON Schema that cannot be turned into a grammar: a keyword this library does not support, a broken or
+ * unsatisfiable schema. `pointer` is the JSON pointer of the schema part at fault ("" for the root), `keyword`
+ * the keyword. A RangeError with code ERR_INVALID_ARGUMENT, thrown before anything reaches llama.cpp.
+ */
+export class JsonSchemaError extends PhiRangeError {
+    constructor(message: string, readonly pointer: string, readonly keyword?: string) {
+        super(message, { details: keyword === undefined ? { pointer } : { pointer, keyword } });
+        this.name = "JsonSchemaError";
     }
 }
 

@@ -13,12 +13,14 @@ export { formatPhi2Prompt, formatPhi2Chat, PHI2_STOP, PHI2_USER, PHI2_ASSISTANT,
 export { listDevices, llamaLibraryInfo } from "./model/devices.js";
 export { quantizeModel, isQuantType, QUANT_TYPES, type QuantType, type QuantizeOptions } from "./model/quantize.js";
 export { GENERATE_DEFAULTS, LOAD_DEFAULTS } from "./model/options.js";
-export { OPTION_SCHEMAS, threadLimit } from "./model/limits.js";
+export { GRAMMAR_LIMITS, OPTION_SCHEMAS, OUTPUT_SCHEMAS, threadLimit } from "./model/limits.js";
 export { defaultThreads } from "./native/binding.js";
 export {
-    AbortError, ContextOverflowError, DisposedError, GGUFError, InvalidStateError, MessagingUnavailableError, OutputPathError, PhiAgentError, PhiRangeError, PhiTypeError,
-    isAbortError, isArgumentError, type PhiErrorCode,
+    AbortError, ContextOverflowError, DisposedError, GGUFError, GrammarError, InvalidStateError, JsonSchemaError, MessagingUnavailableError,
+    OutputPathError, PhiAgentError, PhiRangeError, PhiTypeError, isAbortError, isArgumentError, type GrammarErrorKind, type PhiErrorCode,
 } from "./errors.js";
+export { checkGbnf, gbnfLiteral, type GbnfVocab, type ParsedGbnf } from "./grammar/gbnf.js";
+export { jsonSchemaToGbnf } from "./grammar/jsonSchema.js";
 export { readGGUF, checkPhi2, inspectGGUF, type GGUFHeader, type GGUFSummary } from "./gguf/index.js";
 export { makeTestModel, type MakeTestModelOptions, type TestModelShape, type TestModelType } from "./testModel/makeTestModel.js";
 export * from "./messages/index.js";

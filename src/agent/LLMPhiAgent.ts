@@ -152,11 +152,25 @@ export class LLMPhiAgent extends Agent<PhiAgentProps> {
             if (seed !== undefined) options.seed = seed;
             if (props.repeatPenalty !== undefined) options.repeatPenalty = props.repeatPenalty;
             if (stop.length > 0) options.stop = [...stop];
+            // typed output: the request's schema, else the agent's; generated_response is then the JSON alone
+            const jsonSchema = request.json_schema ?? props.jsonSchema;
+            if (jsonSchema !== undefined) options.jsonSchema = jsonSchema;
 
             const result = await model.generate(prompt, options);
+            if (jsonSchema !== undefined && result.json === undefined) {
+                ctx.sendError(ErrorMessage.create({
+                    agent_type: this.agentType,
+                    error_type: "IncompleteOutputError",
+                    error_message: `The JSON response was cut short (finish reason "${result.finishReason}") after ${result.usage.completionTokens} tokens, before the document was complete; ` +
+                        `raise max_tokens (or the agent's maxNewTokens / maxLength)`,
+                    code: "ERR_OUTPUT_INCOMPLETE",
+                    details: { finish_reason: result.finishReason, partial_response: result.text, completion_tokens: result.usage.completionTokens },
+                }));
+                return;
+            }
             ctx.send(GenerationPromptResponse.create({
                 generation_prompt: prompt,
-                generated_response: props.includePrompt ? prompt + result.text : result.text,
+                generated_response: props.includePrompt && jsonSchema === undefined ? prompt + result.text : result.text,
                 finish_reason: result.finishReason,
                 usage: {
                     prompt_tokens: result.usage.promptTokens,

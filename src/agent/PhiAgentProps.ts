@@ -10,8 +10,8 @@ import { Type, type Static } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
 import type { DeviceSpec, LoadOptions } from "../model/types.js";
 import { DEVICE_PATTERN, DEVICE_VALUES, normalizeDevice as normalizeDeviceName } from "../model/devices.js";
-import { MAX_STOP_STRINGS, optionSchema, sequencesProblem, threadLimit } from "../model/limits.js";
-import { LOAD_DEFAULTS } from "../model/options.js";
+import { MAX_STOP_STRINGS, optionSchema, outputSchema, sequencesProblem, threadLimit } from "../model/limits.js";
+import { LOAD_DEFAULTS, resolveOutputOptions } from "../model/options.js";
 import { fieldErrors, invalid, type FieldError } from "../messages/validation.js";
 
 /** The agent's default contextSize: Phi-2's training context. */
@@ -50,7 +50,8 @@ export const PhiAgentPropsSchema = Type.Object({
     repeatPenalty: Type.Optional(optionSchema("repeatPenalty")),
     seed: Type.Optional(optionSchema("seed")),
     stop: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: MAX_STOP_STRINGS, description: "Default stop strings." })),
-    includePrompt: Type.Optional(Type.Boolean({ description: "Whether generated_response begins with the prompt (default true, as the seed)." })),
+    includePrompt: Type.Optional(Type.Boolean({ description: "Whether generated_response begins with the prompt (default true, as the seed; never with a JSON schema)." })),
+    jsonSchema: Type.Optional(outputSchema("jsonSchema", "A JSON Schema every response must match: generated_response is then the JSON text alone (README \"Typed output\"). A request's json_schema replaces it.")),
 }, { additionalProperties: false });
 
 /** The argument of `new PhiAgentProps(...)`. */
@@ -103,6 +104,8 @@ export class PhiAgentProps {
     readonly seed?: number;
     readonly stop: readonly string[];
     readonly includePrompt: boolean;
+    /** Every response is JSON matching this schema (a request's json_schema replaces it). */
+    readonly jsonSchema?: Record<string, unknown> | boolean;
 
     constructor(init: PhiAgentPropsInit) {
         if (typeof init !== "object" || init === null || Array.isArray(init)) {
@@ -162,6 +165,17 @@ export class PhiAgentProps {
             fail([{ path: "maxNewTokens", kind: "range", message: `(${o.maxNewTokens}) must be below contextSize (${contextSize}), which also holds the prompt` }]);
         }
 
+        if (o.jsonSchema !== undefined) {
+            if (o.includePrompt === true) {
+                fail([{ path: "includePrompt", kind: "range", message: "cannot be true together with jsonSchema: the response is then the JSON document alone, so that it parses; leave includePrompt out" }]);
+            }
+            try {
+                resolveOutputOptions(o.jsonSchema, undefined); // an unsupported keyword or a broken schema fails here, not at the first request
+            } catch (err) {
+                fail([{ path: "jsonSchema", kind: err instanceof TypeError ? "type" : "range", message: `is not usable: ${(err as Error).message}` }]);
+            }
+        }
+
         this.modelPath = modelPath;
         this.device = device;
         if (o.gpuLayers !== undefined) this.gpuLayers = o.gpuLayers;
@@ -178,6 +192,7 @@ export class PhiAgentProps {
         if (o.seed !== undefined) this.seed = o.seed;
         this.stop = Object.freeze([...(o.stop ?? [])]);
         this.includePrompt = o.includePrompt ?? true;
+        if (o.jsonSchema !== undefined) this.jsonSchema = JSON.parse(JSON.stringify(o.jsonSchema)) as Record<string, unknown> | boolean;
         Object.freeze(this);
     }
 
@@ -206,6 +221,10 @@ export class PhiAgentProps {
         if (this.repeatPenalty !== undefined) out.repeatPenalty = this.repeatPenalty;
         if (this.seed !== undefined) out.seed = this.seed;
         if (this.stop.length > 0) out.stop = [...this.stop];
+        if (this.jsonSchema !== undefined) {
+            out.jsonSchema = JSON.parse(JSON.stringify(this.jsonSchema)) as Record<string, unknown> | boolean;
+            delete out.includePrompt; // true by default, refused together with a schema
+        }
         return out;
     }
 

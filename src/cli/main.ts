@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * phi-agent: the command line of llm-phi-agent.
- *   phi-agent generate --model FILE [--prompt TEXT | stdin] [--max-tokens N] [--temperature T] [--seed S] [--device D] [--threads N] [--json]
+ *   phi-agent generate --model FILE [--prompt TEXT | stdin] [--max-tokens N] [--temperature T] [--seed S] [--device D] [--threads N]
+ *                      [--json-schema FILE|JSON | --grammar FILE] [--json]
  *   phi-agent tokenize --model FILE --text TEXT [--special] [--json]
  *   phi-agent inspect --model FILE [--json]
  *   phi-agent make-test-model --out FILE [--shape tiny|phi2] [--seed N] [--type f32|f16|q8_0|q4_k_m] [--json]
@@ -16,6 +17,7 @@ import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { OutputPathError } from "../errors.js";
 import { PhiModel } from "../model/PhiModel.js";
+import { resolveOutputOptions } from "../model/options.js";
 import { listDevices } from "../model/devices.js";
 import { isQuantType, quantizeModel, QUANT_TYPES } from "../model/quantize.js";
 import { inspectGGUF } from "../gguf/validate.js";
@@ -50,6 +52,7 @@ async function generate(argv: string[]): Promise<void> {
         seed: { type: "string" }, stop: { type: "string", multiple: true }, device: { type: "string" },
         threads: { type: "string" }, "context-size": { type: "string" }, "flash-attention": { type: "string" },
         "no-repack": { type: "boolean" }, json: { type: "boolean" }, progress: { type: "boolean" },
+        "json-schema": { type: "string" }, grammar: { type: "string" },
     });
     // Every flag is read before the prompt and the model, so a bad value is a usage error before any work.
     const file = modelPath(values.model);
@@ -71,6 +74,7 @@ async function generate(argv: string[]): Promise<void> {
         stop: values.stop,
         signal,
         stopOnAbort: true,
+        ...typedOutput(values["json-schema"], values.grammar),
     };
     const prompt = values.prompt ?? (await readStdin("--prompt", signal));
     // The load line: on stderr, redrawn in place when stderr is a terminal (or always with --progress); never on stdout.
@@ -85,7 +89,7 @@ async function generate(argv: string[]): Promise<void> {
     try {
         if (values.json) {
             const r = await model.generate(prompt, options);
-            out(JSON.stringify({ text: r.text, tokens: r.tokens, finishReason: r.finishReason, usage: r.usage }) + "\n");
+            out(JSON.stringify({ text: r.text, ...(r.json !== undefined ? { json: r.json } : {}), tokens: r.tokens, finishReason: r.finishReason, usage: r.usage }) + "\n");
         } else {
             const stream = model.stream(prompt, options);
             for await (const chunk of stream) out(chunk.text);
@@ -101,11 +105,44 @@ async function generate(argv: string[]): Promise<void> {
 }
 generate.usage = `generate --model FILE [--prompt TEXT | stdin] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
                  [--seed S] [--stop TEXT]... [--device D] [--threads N] [--context-size N]
-                 [--flash-attention auto|on|off] [--no-repack] [--progress] [--json]
+                 [--flash-attention auto|on|off] [--no-repack] [--json-schema FILE|JSON | --grammar FILE]
+                 [--progress] [--json]
 
 Generates a continuation of the prompt (--max-tokens defaults to 128) and streams it to stdout; a summary line
-goes to stderr. --json prints one JSON object { text, tokens, finishReason, usage } instead. While the model
-loads, a progress line is drawn on stderr when stderr is a terminal (--progress: always).`;
+goes to stderr. --json prints one JSON object { text, json?, tokens, finishReason, usage } instead. While the model
+loads, a progress line is drawn on stderr when stderr is a terminal (--progress: always).
+--json-schema constrains the output to JSON that validates against the schema (a file, or the schema's JSON
+text itself); --grammar to a GBNF grammar file (start rule "root"). README "Typed output".`;
+
+/** --json-schema FILE|JSON and --grammar FILE as generate() options, checked before the model loads. */
+function typedOutput(schemaFlag: string | undefined, grammarFile: string | undefined): { jsonSchema?: Record<string, unknown> | boolean; grammar?: string } {
+    if (schemaFlag !== undefined && grammarFile !== undefined) throw new UsageError("give --json-schema or --grammar, not both");
+    const read = (flag: string, file: string) => {
+        try {
+            return fs.readFileSync(file, "utf8");
+        } catch (err) {
+            throw new UsageError(`${flag}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+        }
+    };
+    if (schemaFlag !== undefined) {
+        const inline = /^\s*[{[]|^\s*(true|false)\s*$/.test(schemaFlag);
+        const text = inline ? schemaFlag : read("--json-schema", schemaFlag);
+        let jsonSchema: unknown;
+        try {
+            jsonSchema = JSON.parse(text);
+        } catch (err) {
+            throw new UsageError(`--json-schema: ${inline ? "the schema" : schemaFlag} is not JSON (${(err as Error).message})`);
+        }
+        resolveOutputOptions(jsonSchema, undefined, { jsonSchema: "--json-schema", grammar: "--grammar" });
+        return { jsonSchema: jsonSchema as Record<string, unknown> | boolean };
+    }
+    if (grammarFile !== undefined) {
+        const grammar = read("--grammar", grammarFile);
+        resolveOutputOptions(undefined, grammar, { jsonSchema: "--json-schema", grammar: "--grammar" });
+        return { grammar };
+    }
+    return {};
+}
 
 async function tokenize(argv: string[]): Promise<void> {
     const { values } = parseCommand(argv, tokenize.usage!, {

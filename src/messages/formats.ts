@@ -5,7 +5,7 @@
  * are ignored by a Python receiver, whose models accept unknown fields.
  */
 import { Type, type Static } from "@sinclair/typebox";
-import { MAX_STOP_STRINGS, optionSchema } from "../model/limits.js";
+import { MAX_STOP_STRINGS, optionSchema, outputSchema } from "../model/limits.js";
 import { defineMessageFormat } from "./format.js";
 
 /** RusticAI's module holding these formats; format names are `${module}.${ClassName}`. */
@@ -25,6 +25,8 @@ export const GenerationPromptRequestSchema = Type.Object({
     })),
     top_k: Type.Optional(optionSchema("topK")),
     top_p: Type.Optional(optionSchema("topP")),
+    json_schema: Type.Optional(outputSchema("jsonSchema",
+        "A JSON Schema the response must match (this library's extension; Python senders omit it): generated_response is then the JSON text alone.")),
 }, { description: "A text generation request." });
 
 /** A text generation request: `generation_prompt`, plus optional per-request options. */

@@ -9,6 +9,7 @@ import { AbortError, ContextOverflowError, DisposedError, PhiAgentError, PhiRang
 import { fileTypeTag } from "../gguf/types.js";
 import { openAndCheckPhi2, type CheckedModelFile } from "../gguf/validate.js";
 import { defaultThreads, loadBinding, type NativeEngine, type NativeModel, type NativeDonePayload, type NativeDevice } from "../native/binding.js";
+import { checkGbnfTokens, type GbnfVocab } from "../grammar/gbnf.js";
 import { selectDevice } from "./devices.js";
 import { kvCacheBytes } from "./limits.js";
 import { checkText, checkTokens, resolveContext, resolveGenerateOptions, resolveLoadOptions, resolveTokenizeOptions, type ResolvedGenerateOptions } from "./options.js";
@@ -291,6 +292,7 @@ export class PhiModel implements AsyncDisposable {
     #prepare(prompt: string, o: ResolvedGenerateOptions): { engine: NativeEngine; tokens: Int32Array } {
         const { native, engine } = this.#live();
         checkText("prompt", prompt, { allowEmpty: false });
+        if (o.grammarTokens && o.grammarTokens.length > 0) checkGbnfTokens(o.grammarTokens, this.#vocab(native));
         let tokens = native.tokenize(prompt, false);
         const contextSize = this.info.runtime.contextSize;
         if (o.truncate === "start") {
@@ -301,6 +303,16 @@ export class PhiModel implements AsyncDisposable {
             throw new ContextOverflowError(tokens.length, contextSize);
         }
         return { engine, tokens };
+    }
+
+    /** The vocabulary, as src/grammar/gbnf.ts checks a grammar's token references against it. */
+    #vocab(native: NativeModel): GbnfVocab {
+        return {
+            size: this.info.vocabSize,
+            eog: [native.info().eosToken],
+            tokenize: (text) => native.tokenize(text, true),
+            hasText: (id) => native.detokenize(Int32Array.of(id), false).length > 0,
+        };
     }
 
     /**
@@ -338,6 +350,7 @@ export class PhiModel implements AsyncDisposable {
                 minP: o.minP, repeatPenalty: o.repeatPenalty, presencePenalty: o.presencePenalty,
                 frequencyPenalty: o.frequencyPenalty, repeatLastN: o.repeatLastN, seed: o.seed, stop: o.stop, captureLogits,
                 logprobs: o.logprobs,
+                grammar: o.grammar ?? "",
             }, (kind, payload) => {
                 if (kind === "token") {
                     let chunk: TokenChunk = { text: payload.text, token: payload.token };
@@ -362,6 +375,14 @@ export class PhiModel implements AsyncDisposable {
                 if (kind === "error") return reject(nativeError(payload.code, payload.message, caller));
                 const result = toResult(payload);
                 if (logprobs) result.logprobs = logprobs;
+                if (o.fromJsonSchema && (result.finishReason === "eos" || result.finishReason === "stop")) {
+                    try {
+                        result.json = JSON.parse(result.text);
+                    } catch (err) { // the grammar guarantees JSON; this would be a bug of the converter
+                        return reject(withCallerStack(new PhiAgentError("ERR_GENERATION_FAILED",
+                            `the output should be JSON matching jsonSchema but does not parse (${(err as Error).message}); please report this with the schema`, { cause: err }), caller));
+                    }
+                }
                 if (captureLogits) Object.defineProperty(result, "logits", { value: payload.logits ?? new Float32Array(0) });
                 if (result.finishReason === "abort" && !o.stopOnAbort) {
                     const err = abortError("The generation was aborted", o.signal, caller);

@@ -44,6 +44,42 @@ export type NumericOption = keyof typeof OPTION_SCHEMAS;
 /** Most stop strings per call (agent props and request payloads). */
 export const MAX_STOP_STRINGS = 16;
 
+/**
+ * Bounds of a GBNF grammar (generate()'s `grammar`, and what `jsonSchema` turns into), checked by src/grammar/gbnf.ts
+ * before llama.cpp sees it. `repetition` is llama.cpp's own MAX_REPETITION_THRESHOLD (src/llama-grammar.cpp); the
+ * others keep llama.cpp's recursive parser and checks within the stack and time of one call (README "Typed output").
+ */
+export const GRAMMAR_LIMITS = Object.freeze({
+    /** Characters of grammar text. */
+    chars: 256 * 1024,
+    /** Most repetitions x{m,n} llama.cpp accepts (it refuses a larger m, and silently drops a larger n). */
+    repetition: 2000,
+    /** Nested parentheses (llama.cpp parses them recursively). */
+    nesting: 256,
+    /** Rule elements after llama.cpp expands repetitions. */
+    elements: 1_000_000,
+    /** Rules after llama.cpp expands repetitions and groups. */
+    rules: 100_000,
+    /** Rule references a rule may start with, one inside the other (llama.cpp's left-recursion check recurses on them). */
+    leftDepth: 10_000,
+    /** Calls llama.cpp's left-recursion check may take (it revisits shared rules, once per path). */
+    leftPaths: 1_000_000,
+    /** Ways a rule may begin (llama.cpp keeps one parse stack for each, for every sampled token). */
+    stacks: 4096,
+});
+
+/** Schemas of the typed-output options (generate()'s `grammar` and `jsonSchema`, the agent's and requests' fields). */
+export const OUTPUT_SCHEMAS = {
+    grammar: Type.String({ minLength: 1, maxLength: GRAMMAR_LIMITS.chars, description: "A GBNF grammar (llama.cpp's format) the output must match; its start rule is root." }),
+    jsonSchema: Type.Union([Type.Object({}), Type.Boolean()], { description: "A JSON Schema the output must validate against (README \"Typed output\")." }),
+} as const;
+
+/** A copy of a typed-output schema with its own description (for a field that documents it in its own words). */
+export function outputSchema<K extends keyof typeof OUTPUT_SCHEMAS>(name: K, description?: string): (typeof OUTPUT_SCHEMAS)[K] {
+    const schema = OUTPUT_SCHEMAS[name];
+    return (description === undefined ? { ...schema } : { ...schema, description }) as (typeof OUTPUT_SCHEMAS)[K];
+}
+
 /** A copy of an option's schema with its own description (for a field that documents it in its own words). */
 export function optionSchema<K extends NumericOption>(name: K, description?: string): (typeof OPTION_SCHEMAS)[K] {
     const schema = OPTION_SCHEMAS[name];

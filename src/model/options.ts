@@ -8,7 +8,9 @@ import os from "node:os";
 import { PhiRangeError, PhiTypeError } from "../errors.js";
 import type { Phi2HParams } from "../gguf/validate.js";
 import { parseDevice, type ParsedDevice } from "./devices.js";
-import { OPTION_SCHEMAS, kvCacheBytes, sequencesProblem, threadLimit, type NumericOption } from "./limits.js";
+import { checkGbnf, type GbnfTokenRef } from "../grammar/gbnf.js";
+import { jsonSchemaToGbnf } from "../grammar/jsonSchema.js";
+import { OPTION_SCHEMAS, OUTPUT_SCHEMAS, kvCacheBytes, sequencesProblem, threadLimit, type NumericOption } from "./limits.js";
 import type { DeviceSpec, GenerateOptions } from "./types.js";
 
 /** Defaults of PhiModel.load() options (contextSize: the model's training context; threads: defaultThreads()). */
@@ -288,7 +290,7 @@ export function resolveContext(o: ResolvedLoadOptions, hparams: Pick<Phi2HParams
 }
 
 const GENERATE_KEYS = new Set(["maxTokens", "temperature", "topK", "topP", "minP", "repeatPenalty", "presencePenalty",
-    "frequencyPenalty", "repeatLastN", "seed", "stop", "logprobs", "truncate", "signal", "onToken", "stopOnAbort"]);
+    "frequencyPenalty", "repeatLastN", "seed", "stop", "logprobs", "truncate", "signal", "onToken", "stopOnAbort", "jsonSchema", "grammar"]);
 
 export interface ResolvedGenerateOptions {
     maxTokens: number; // -1 = unlimited
@@ -307,6 +309,12 @@ export interface ResolvedGenerateOptions {
     stopOnAbort: boolean;
     signal?: AbortSignal;
     onToken?: GenerateOptions["onToken"];
+    /** The GBNF to constrain the output with: `grammar` as given, or the one made from `jsonSchema`. */
+    grammar?: string;
+    /** Whether `grammar` came from `jsonSchema` (then the result's text is parsed as JSON). */
+    fromJsonSchema?: boolean;
+    /** The grammar's token references, which PhiModel checks against the vocabulary. */
+    grammarTokens?: readonly GbnfTokenRef[];
 }
 
 export function resolveGenerateOptions(options: unknown): ResolvedGenerateOptions {
@@ -347,7 +355,30 @@ export function resolveGenerateOptions(options: unknown): ResolvedGenerateOption
         checkFunction("onToken", o.onToken);
         r.onToken = o.onToken as GenerateOptions["onToken"];
     }
+    const output = resolveOutputOptions(o.jsonSchema, o.grammar);
+    if (output) Object.assign(r, output);
     return r;
+}
+
+/**
+ * The typed-output options (generate()'s `jsonSchema` / `grammar`, the agent's and requests' fields): at most one;
+ * a schema becomes GBNF (src/grammar/jsonSchema.ts). What needs the model's vocabulary (token references) is
+ * checked by PhiModel. Throws PhiTypeError, JsonSchemaError or GrammarError (all ERR_INVALID_ARGUMENT).
+ */
+export function resolveOutputOptions(jsonSchema: unknown, grammar: unknown, names = { jsonSchema: "jsonSchema", grammar: "grammar" }):
+    { grammar: string; fromJsonSchema: boolean; grammarTokens: readonly GbnfTokenRef[] } | undefined {
+    if (jsonSchema !== undefined && grammar !== undefined) {
+        throw new PhiTypeError(`Give "${names.jsonSchema}" or "${names.grammar}", not both: a JSON Schema is turned into a grammar itself`);
+    }
+    if (jsonSchema !== undefined) return { grammar: jsonSchemaToGbnf(jsonSchema), fromJsonSchema: true, grammarTokens: [] };
+    if (grammar !== undefined) {
+        checkText(names.grammar, grammar, { allowEmpty: false });
+        const max = OUTPUT_SCHEMAS.grammar.maxLength!;
+        if ((grammar as string).length > max) throw new PhiRangeError(`"${names.grammar}" is ${(grammar as string).length} characters; at most ${max} are accepted`);
+        const { tokens } = checkGbnf(grammar);
+        return { grammar: grammar as string, fromJsonSchema: false, grammarTokens: tokens };
+    }
+    return undefined;
 }
 
 /** A random seed: any uint32 below llama.cpp's "random" marker (the top of OPTION_SCHEMAS.seed). */

@@ -155,6 +155,22 @@ export interface GenerateOptions {
      * token -1 when text held back until the end remains (see TokenChunk).
      */
     onToken?: (chunk: TokenChunk) => void;
+    /**
+     * A JSON Schema (a typebox schema is one) the output must match: generation is constrained token by token by a
+     * grammar made from it (src/grammar/jsonSchema.ts), so a result that ends with "eos" or "stop" is JSON that
+     * validates against the schema (`result.json` holds it parsed), even from a model that knows nothing of JSON.
+     * One cut short ("length", "context", "abort") is a prefix of such a document. The supported keywords and the
+     * documents generated: README "Typed output". An unsupported keyword or a broken schema is a JsonSchemaError
+     * (ERR_INVALID_ARGUMENT) before anything runs. Not together with `grammar`.
+     */
+    jsonSchema?: Record<string, unknown> | boolean;
+    /**
+     * A GBNF grammar (llama.cpp's format, start rule `root`) the output must match, with the same guarantee as
+     * `jsonSchema`: complete at "eos"/"stop", a prefix of a match otherwise. A grammar llama.cpp would refuse, abort
+     * or hang on is a GrammarError (ERR_INVALID_ARGUMENT) naming the line first. With a grammar, a stop string ends
+     * the text only where the text before it is complete under the grammar.
+     */
+    grammar?: string;
 }
 
 export type FinishReason = "eos" | "stop" | "length" | "context" | "abort";
@@ -170,6 +186,8 @@ export interface GenerationUsage {
 
 export interface GenerationResult {
     text: string;
+    /** With `jsonSchema`, when finishReason is "eos" or "stop": the text parsed (it validates against the schema). */
+    json?: unknown;
     tokens: number[];
     finishReason: FinishReason;
     usage: GenerationUsage;

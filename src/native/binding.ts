@@ -69,6 +69,8 @@ export interface NativeSubmitOptions {
     captureLogits: boolean;
     /** -1: off; else each token event carries its logprob and this many top alternatives (needs stream). */
     logprobs: number;
+    /** GBNF (start rule "root") the output must match; "" for none. Checked by src/grammar/gbnf.ts first. */
+    grammar: string;
 }
 
 export interface NativeDonePayload {
