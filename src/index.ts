@@ -27,3 +27,12 @@ export * from "./messages/index.js";
 export * from "./messages/wire/index.js";
 export * from "./guild/index.js";
 export * from "./agent/index.js";
+export {
+    AgentHost, PROCESSORS, type AgentHostOptions, type AgentHostEvent, type AgentHostState, type RequestLine, type StopSummary,
+} from "./guild/rustic/AgentHost.js";
+export { joinRedisGuild, type JoinRedisGuildOptions, type JoinedRedisGuild } from "./guild/rustic/join.js";
+export { GuildTopics, PYTHON_PHI_AGENT_CLASS, subscribedTopics, type RusticMessage } from "./guild/rustic/protocol.js";
+export { UnsupportedRoutingError, InvalidRoutingSlipError } from "./guild/rustic/routing.js";
+export {
+    RedisRequestClaims, CLAIM_DEFAULTS, defaultReplicaId, type RequestClaims, type ClaimResult, type RedisRequestClaimsOptions, type StoredCopy,
+} from "./guild/claims.js";
