@@ -328,7 +328,8 @@ describe("phi agent in a RusticAI guild over Redis (real redis-server, tiny mode
             await l.sub.quit();
         });
 
-        it("200 requests over 3 replicas, one killed (kill -9) mid-run and Redis restarted mid-run: 200 answers, 0 duplicates, 0 lost", async () => {
+        it("200 requests over 3 replicas, one killed (kill -9) mid-run and Redis restarted mid-run: 200 answers, 0 duplicates, 0 lost", async function () {
+            this.timeout(400_000);
             const guild = "replicas-200";
             const l = await Listener.start(server, guild, ["default_topic", "heartbeat"]);
             const ws = ["m1", "m2", "m3"].map((r) => startWorker(guild, r));

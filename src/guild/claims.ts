@@ -99,6 +99,7 @@ const PEEK = `return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}`;
  */
 const ANSWER = `
 local v = redis.call('GET', KEYS[1])
+if v == ARGV[2] then return 1 end
 if v and v ~= ARGV[1] then return 0 end
 local n = (#KEYS - 1) / 2
 for i = 0, n - 1 do
@@ -209,7 +210,8 @@ export class RedisRequestClaims implements RequestClaims {
     /**
      * Publishes the answer and marks the request done in one atomic step (a Lua script: a replica killed at any
      * moment leaves both or neither, so a takeover never answers twice). Resolves false, writing nothing, when
-     * the claim is no longer this replica's (answered or taken over meanwhile).
+     * the claim is no longer this replica's (answered or taken over meanwhile). Sent again after a lost connection
+     * (ioredis resends what was unanswered), it finds its own done mark and resolves true without writing twice.
      */
     async publishAnswer(requestId: string, copies: readonly StoredCopy[], replyIds: readonly string[]): Promise<boolean> {
         const keys = [this.key(requestId)];

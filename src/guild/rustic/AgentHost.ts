@@ -124,6 +124,8 @@ interface Pending {
     error?: { type: string; message: string };
     completionTokens?: number;
     handedBack: boolean;
+    /** Publishing the answer failed (Redis unreachable): the request is handed back, not answered with an error. */
+    publishFailed?: boolean;
     /** The answer went out together with its done mark (publishAnswer). */
     answeredAtomically?: boolean;
     started: number;
@@ -476,7 +478,10 @@ export class AgentHost {
         try {
             await body(p);
         } catch (err) {
-            if (!p.handedBack && p.replyIds.length === 0) {
+            if (p.publishFailed) {
+                p.outcome = "handed_back";
+                this.#log("error", `request ${m.id}: the answer could not be published (${(err as Error)?.message}); handed back to the other replicas`);
+            } else if (!p.handedBack && p.replyIds.length === 0) {
                 await this.#publishReplies(p, [ctx.sendErrorDirect(this.#errorPayload(err))]).catch(() => undefined);
             }
         } finally {
@@ -539,7 +544,14 @@ export class AgentHost {
         if (replies.length === 0) return;
         if (p.handedBack) return;
         if (this.#claims && this.#publishAnswer) {
-            if (!(await this.#publishAnswer(p.ctx.origin.id, replies))) {
+            let ok: boolean;
+            try {
+                ok = await this.#answerAtomically(p.ctx.origin.id, replies);
+            } catch (err) {
+                p.publishFailed = true;
+                throw err;
+            }
+            if (!ok) {
                 p.handedBack = true;
                 p.outcome = "dropped";
                 this.#log("warn", `request ${p.ctx.origin.id}: the claim is no longer ours (its lease ran out, or it was answered); reply not sent`);
@@ -562,6 +574,24 @@ export class AgentHost {
             await this.#publish(r);
             p.replyIds.push(r.id);
             for (const t of topicsOf(r)) p.replyTopics.add(t);
+        }
+    }
+
+    /**
+     * publishAnswer, sent again while Redis is away (a restart, a cut link): the script is idempotent, so a retry
+     * after a lost reply writes nothing twice. Gives up after 30 s (the claim's lease has run out by then and
+     * another replica answers).
+     */
+    async #answerAtomically(requestId: string, replies: RusticMessage[]): Promise<boolean> {
+        const deadline = Date.now() + 30_000;
+        for (let attempt = 0; ; attempt++) {
+            try {
+                return await this.#publishAnswer!(requestId, replies);
+            } catch (err) {
+                if (Date.now() >= deadline || this.#state === "stopped") throw err;
+                if (attempt === 0) this.#log("warn", `request ${requestId}: could not publish the answer (${(err as Error).message}); retrying`);
+                await new Promise((r) => setTimeout(r, Math.min(1000, 100 * 2 ** attempt)));
+            }
         }
     }
 
