@@ -15,6 +15,7 @@
         "native/NativeEngine.cpp",
         "native/FilePages.cpp",
         "native/TextStream.cpp",
+        "native/PromptCache.cpp",
         "native/Sampler.cpp"
       ],
       "include_dirs": [

@@ -52,6 +52,13 @@
     X(llama_get_memory)                     \
     X(llama_memory_seq_rm)                  \
     X(llama_memory_clear)                   \
+    X(llama_memory_seq_cp)                  \
+    X(llama_memory_seq_pos_min)             \
+    X(llama_memory_seq_pos_max)             \
+    X(llama_n_seq_max)                      \
+    X(llama_model_is_recurrent)             \
+    X(llama_model_is_hybrid)                \
+    X(llama_model_n_swa)                    \
     X(llama_batch_init)                     \
     X(llama_batch_free)                     \
     X(llama_decode)                         \

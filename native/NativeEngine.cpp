@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cmath>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 
 #include "NativeModel.h"
@@ -15,17 +17,54 @@ int64_t NowUs() {
         .count();
 }
 
+// Engines whose thread may be running. process.exit() calls exit(), which runs the static destructors of ggml's CPU
+// backend while an engine thread may still be decoding on them (SIGSEGV in about half the runs of
+// test/lifetime.test.ts "process exit with a live model, mid-generate"). An atexit handler, registered after ggml was
+// loaded and so run before its destructors, stops every live engine first. Never freed: it is used during exit.
+std::mutex& LiveMutex() {
+    static std::mutex* m = new std::mutex();
+    return *m;
+}
+std::set<NativeEngine*>& LiveEngines() {
+    static std::set<NativeEngine*>* s = new std::set<NativeEngine*>();
+    return *s;
+}
+void StopLiveEnginesAtExit() noexcept {
+    try {
+        std::lock_guard<std::mutex> lock(LiveMutex());
+        for (NativeEngine* e : LiveEngines()) e->StopAndJoin();
+        LiveEngines().clear();
+    } catch (...) {
+    }
+}
+void AddLiveEngine(NativeEngine* e) {
+    static std::once_flag registered;
+    std::call_once(registered, [] { std::atexit(StopLiveEnginesAtExit); });
+    std::lock_guard<std::mutex> lock(LiveMutex());
+    LiveEngines().insert(e);
+}
+void RemoveLiveEngine(NativeEngine* e) noexcept {
+    try {
+        std::lock_guard<std::mutex> lock(LiveMutex());
+        LiveEngines().erase(e);
+    } catch (...) {
+    }
+}
+
 // What the engine thread hands to JS: one streamed piece, or the final result (or error) of a request.
 struct Event {
     bool done = false;
     std::string text;
     llama_token token = -1;
+    bool hasLogprobs = false;
+    TokenLogprobs logprobs;
     std::vector<llama_token> tokens;
     std::vector<float> logits;
     std::string finishReason;
     std::string errorCode;
     std::string error;
     size_t promptTokens = 0;
+    int32_t cachedTokens = 0;
     double promptMs = 0;
     double generationMs = 0;
     double queuedMs = 0;
@@ -39,6 +78,16 @@ void CallJsBody(Napi::Env env, Napi::Function fn, Event* event) {
     if (!owned->done) {
         payload.Set("text", Napi::String::New(env, owned->text));
         payload.Set("token", Napi::Number::New(env, owned->token));
+        if (owned->hasLogprobs) {
+            const TokenLogprobs& lp = owned->logprobs;
+            payload.Set("logprob", Napi::Number::New(env, lp.logprob));
+            Napi::Int32Array ids = Napi::Int32Array::New(env, lp.topTokens.size());
+            std::copy(lp.topTokens.begin(), lp.topTokens.end(), ids.Data());
+            Napi::Float32Array lps = Napi::Float32Array::New(env, lp.topLogprobs.size());
+            std::copy(lp.topLogprobs.begin(), lp.topLogprobs.end(), lps.Data());
+            payload.Set("topTokens", ids);
+            payload.Set("topLogprobs", lps);
+        }
         fn.Call({Napi::String::New(env, "token"), payload});
         return;
     }
@@ -59,6 +108,7 @@ void CallJsBody(Napi::Env env, Napi::Function fn, Event* event) {
         payload.Set("logits", logits);
     }
     payload.Set("promptTokens", Napi::Number::New(env, (double)owned->promptTokens));
+    payload.Set("cachedTokens", Napi::Number::New(env, owned->cachedTokens));
     payload.Set("promptMs", Napi::Number::New(env, owned->promptMs));
     payload.Set("generationMs", Napi::Number::New(env, owned->generationMs));
     payload.Set("queuedMs", Napi::Number::New(env, owned->queuedMs));
@@ -84,6 +134,7 @@ public:
     void Execute() override {
         try {
             engine_->CreateContext();
+            AddLiveEngine(engine_);
         } catch (const std::exception& e) {
             SetError(e.what());
         } catch (...) {
@@ -135,20 +186,45 @@ private:
     std::function<void()> onDone_;
 };
 
-uint32_t GetUint(Napi::Object o, const char* key, uint32_t fallback) {
-    Napi::Value v = o.Get(key);
-    return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : fallback;
+// log-softmax of `logits` at `token`, and the `top` most likely tokens (ties: the lower id first).
+void ComputeLogprobs(const float* logits, int32_t nVocab, llama_token token, int32_t top, TokenLogprobs& out) {
+    float max = logits[0];
+    for (int32_t i = 1; i < nVocab; i++) max = std::max(max, logits[i]);
+    double sum = 0;
+    for (int32_t i = 0; i < nVocab; i++) sum += std::exp((double)(logits[i] - max));
+    const double lse = (double)max + std::log(sum);
+    out.logprob = (float)((double)logits[token] - lse);
+    const int32_t k = std::min(top, nVocab);
+    out.topTokens.clear();
+    out.topLogprobs.clear();
+    if (k <= 0) return;
+    // a min-heap of the k best (logit, id) pairs seen so far
+    auto better = [&](llama_token a, llama_token b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+    std::vector<llama_token> heap;
+    heap.reserve((size_t)k);
+    for (llama_token i = 0; i < nVocab; i++) {
+        if ((int32_t)heap.size() < k) {
+            heap.push_back(i);
+            std::push_heap(heap.begin(), heap.end(), better);
+        } else if (better(i, heap.front())) {
+            std::pop_heap(heap.begin(), heap.end(), better);
+            heap.back() = i;
+            std::push_heap(heap.begin(), heap.end(), better);
+        }
+    }
+    std::sort_heap(heap.begin(), heap.end(), better);
+    for (llama_token id : heap) {
+        out.topTokens.push_back(id);
+        out.topLogprobs.push_back((float)((double)logits[id] - lse));
+    }
 }
-int32_t GetInt(Napi::Object o, const char* key, int32_t fallback) {
-    Napi::Value v = o.Get(key);
-    return v.IsNumber() ? v.As<Napi::Number>().Int32Value() : fallback;
-}
+
 
 // submit() options: every field is required (src/model/options.ts resolves the defaults; this is not a second copy).
 [[noreturn]] void MissingOption(Napi::Env env, const char* key, const char* type, Napi::Value v) {
-    throw Napi::TypeError::New(env, std::string("submit(): option \"") + key + "\" must be " + type + ", got " +
+    throw Napi::TypeError::New(env, std::string("option \"") + key + "\" must be " + type + ", got " +
                                         (v.IsUndefined() ? "undefined" : v.IsNull() ? "null" : v.Type() == napi_string ? "a string" : "another type") +
-                                        " (PhiModel resolves every option before submitting; see src/model/options.ts)");
+                                        " (PhiModel resolves every option before calling the addon; see src/model/options.ts)");
 }
 double RequireNumber(Napi::Object o, const char* key) {
     Napi::Value v = o.Get(key);
@@ -160,7 +236,7 @@ double RequireNumber(Napi::Object o, const char* key) {
 int64_t RequireInt(Napi::Object o, const char* key, double min, double max) {
     const double d = RequireNumber(o, key);
     if (d != std::floor(d) || d < min || d > max)
-        throw Napi::RangeError::New(o.Env(), std::string("submit(): option \"") + key + "\" must be an integer from " +
+        throw Napi::RangeError::New(o.Env(), std::string("option \"") + key + "\" must be an integer from " +
                                                  std::to_string((long long)min) + " to " + std::to_string((long long)max));
     return (int64_t)d;
 }
@@ -172,6 +248,13 @@ bool RequireBool(Napi::Object o, const char* key) {
 
 // worker.terminate() or process exit with the engine still open: stop its thread before the environment goes.
 void EnvCleanup(void* data) noexcept { static_cast<NativeEngine*>(data)->StopAndJoin(); }
+
+// PHI_AGENT_TEST_FAULT=<name>, read only under PHI_AGENT_TEST=1 (test/setup.ts): whether that fault is on.
+bool TestFault(const char* name) {
+    const char* test = std::getenv("PHI_AGENT_TEST");
+    const char* fault = std::getenv("PHI_AGENT_TEST_FAULT");
+    return test != nullptr && std::string(test) == "1" && fault != nullptr && std::string(fault) == name;
+}
 
 // PHI_AGENT_TEST_FAULT=engine-throw:N, read only under PHI_AGENT_TEST=1 (test/setup.ts): the engine thread throws at
 // its Nth loop iteration (test/lifetime.test.ts). -1 when off.
@@ -205,7 +288,7 @@ Napi::Object NativeEngine::Init(Napi::Env env, Napi::Object exports) {
 }
 
 // new NativeEngine(model: NativeModel, { kvSize, contextSize, batchSize, sequences, threads, batchThreads, threadpool,
-//                                           flashAttention: -1 auto | 0 off | 1 on })
+//                                           flashAttention: -1 auto | 0 off | 1 on, promptCacheSize })
 NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeEngine>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
@@ -219,14 +302,20 @@ NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
         return;
     }
     Napi::Object o = info[1].As<Napi::Object>();
-    params_.kvSize = GetUint(o, "kvSize", params_.kvSize);
-    params_.contextSize = GetUint(o, "contextSize", params_.contextSize);
-    params_.batchSize = GetUint(o, "batchSize", params_.batchSize);
-    params_.sequences = GetUint(o, "sequences", params_.sequences);
-    params_.threads = GetInt(o, "threads", params_.threads);
-    params_.batchThreads = GetInt(o, "batchThreads", params_.threads);
-    if (o.Has("threadpool")) params_.threadpool = o.Get("threadpool").ToBoolean().Value();
-    params_.flashAttention = GetInt(o, "flashAttention", params_.flashAttention);
+    try {
+        params_.kvSize = (uint32_t)RequireInt(o, "kvSize", 1, 4294967295.0);
+        params_.contextSize = (uint32_t)RequireInt(o, "contextSize", 1, 4294967295.0);
+        params_.batchSize = (uint32_t)RequireInt(o, "batchSize", 1, 4294967295.0);
+        params_.sequences = (uint32_t)RequireInt(o, "sequences", 1, 4294967295.0);
+        params_.threads = (int32_t)RequireInt(o, "threads", 1, 2147483647.0);
+        params_.batchThreads = (int32_t)RequireInt(o, "batchThreads", 1, 2147483647.0);
+        params_.threadpool = RequireBool(o, "threadpool");
+        params_.flashAttention = (int32_t)RequireInt(o, "flashAttention", -1, 1);
+        params_.promptCacheSize = (uint32_t)RequireInt(o, "promptCacheSize", 0, 4294967295.0);
+    } catch (const Napi::Error& e) {
+        e.ThrowAsJavaScriptException();
+        return;
+    }
     if (params_.kvSize == 0 || params_.contextSize == 0 || params_.contextSize > params_.kvSize ||
         params_.batchSize == 0 || params_.sequences == 0 || params_.sequences > params_.batchSize ||
         // llama.cpp reserves one output row per sequence in min(n_ctx, n_batch) rows: more sequences abort it
@@ -240,7 +329,19 @@ NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     model_->engines++;
     modelCounted_ = true;
     faultAt_ = TestFaultAt();
-    seqUsed_.assign(params_.sequences, false);
+    staleFault_ = TestFault("prompt-cache-stale");
+    testChecks_ = std::getenv("PHI_AGENT_TEST") != nullptr && std::string(std::getenv("PHI_AGENT_TEST")) == "1";
+    {
+        // Prefix reuse needs a memory that shares cells between sequences and drops a sequence's tail: llama.cpp's
+        // plain KV cache (phi2). Recurrent and hybrid memories keep one state per sequence, and sliding-window
+        // caches forget a prefix's start, so the cache stays off for them.
+        const LlamaApi& api = LlamaLib::Api();
+        const llama_model* m = model_->Get();
+        const bool shareable = !api.llama_model_is_recurrent(m) && !api.llama_model_is_hybrid(m) && api.llama_model_n_swa(m) == 0;
+        // The context's sequence ids: llama.cpp's limit, and min(kvSize, batchSize) (sequencesProblem in limits.ts)
+        const uint32_t maxIds = std::min({(uint32_t)api.llama_max_parallel_sequences(), params_.kvSize, params_.batchSize});
+        cache_ = PromptCache(params_.sequences, shareable ? params_.promptCacheSize : 0, std::max(maxIds, params_.sequences));
+    }
     napi_add_env_cleanup_hook(env, EnvCleanup, this);
     cleanupHook_ = true;
 }
@@ -248,6 +349,7 @@ NativeEngine::NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
 // Runs on the JS thread: at GC of an engine never closed, or when the environment goes (its cleanup hook already
 // stopped the thread). Must not throw: a destructor is noexcept, and this one runs inside a finalizer's C frame.
 NativeEngine::~NativeEngine() {
+    RemoveLiveEngine(this);
     try {
         if (cleanupHook_) napi_remove_env_cleanup_hook(Env(), EnvCleanup, this);
         cleanupHook_ = false;
@@ -266,7 +368,7 @@ void NativeEngine::CreateContext() {
     cp.n_ctx = params_.kvSize;
     cp.n_batch = params_.batchSize;
     cp.n_ubatch = params_.batchSize;
-    cp.n_seq_max = params_.sequences;
+    cp.n_seq_max = cache_.Ids();  // the request slots, plus ids that only keep decoded KV (prompt cache)
     cp.n_threads = params_.threads;
     cp.n_threads_batch = params_.batchThreads;
     cp.flash_attn_type = static_cast<llama_flash_attn_type>(params_.flashAttention);
@@ -280,6 +382,11 @@ void NativeEngine::CreateContext() {
         throw std::runtime_error("llama.cpp could not create a context of " + std::to_string(params_.kvSize) +
                                  " tokens" + (log.empty() ? "" : ": " + log));
     }
+    if (api.llama_n_seq_max(ctx_.get()) != cache_.Ids()) {
+        ctx_.reset();
+        throw std::runtime_error("llama.cpp created a context with another number of sequences than asked for");
+    }
+    cache_.Attach(api.llama_get_memory(ctx_.get()), staleFault_);
     if (params_.threadpool && api.cpu_threadpool_new != nullptr) {
         // Without one, ggml starts and joins its worker threads for every graph: every token on the decode path.
         ggml_threadpool_params tpp;
@@ -326,6 +433,7 @@ void NativeEngine::StopAndJoin() noexcept {
                 LlamaLib::Api().llama_batch_free(batch_);
                 batchAllocated_ = false;
             }
+            cache_.Attach(nullptr, false);
             ctx_.reset();
             pool_.reset();
         }
@@ -393,6 +501,8 @@ Napi::Value NativeEngine::Submit(const Napi::CallbackInfo& info) {
     if (r->maxTokens == 0) throw Napi::RangeError::New(env, "submit(): \"maxTokens\" is -1 (no bound) or at least 1");
     r->stream = RequireBool(o, "stream");
     r->captureLogits = RequireBool(o, "captureLogits");
+    r->logprobs = (int32_t)RequireInt(o, "logprobs", -1, 1024);  // src/model/limits.ts bounds it (OPTION_SCHEMAS.logprobs)
+    if (r->logprobs >= 0 && !r->stream) throw Napi::RangeError::New(env, "submit(): \"logprobs\" needs \"stream\" (they come with the token events)");
     r->sampling.temperature = (float)RequireNumber(o, "temperature");
     r->sampling.topK = (int32_t)RequireInt(o, "topK", 0, 2147483647.0);
     r->sampling.topP = (float)RequireNumber(o, "topP");
@@ -478,7 +588,9 @@ Napi::Value NativeEngine::Stats(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(mutex_);
     out.Set("active", Napi::Number::New(env, (double)active_.size()));
     out.Set("waiting", Napi::Number::New(env, (double)waiting_.size()));
-    out.Set("reservedCells", Napi::Number::New(env, reservedCells_));
+    out.Set("reservedCells", Napi::Number::New(env, (double)statReserved_.load()));
+    out.Set("usedCells", Napi::Number::New(env, (double)statUsed_.load()));
+    out.Set("cachedCells", Napi::Number::New(env, (double)statCached_.load()));
     return out;
 }
 
@@ -523,6 +635,11 @@ void NativeEngine::Run() {
             if (iteration == faultAt_) throw std::runtime_error("test fault injected by PHI_AGENT_TEST_FAULT");
             Admit();
             if (!active_.empty()) Step();
+            if (testChecks_) {  // the run fails loudly (every request ERR_GENERATION_FAILED) instead of computing wrong
+                std::string why;
+                if (!cache_.CheckLedger(why)) throw std::runtime_error("KV cell ledger broken: " + why);
+            }
+            PublishStats();
         }
     } catch (const std::exception& e) {
         failure = e.what();
@@ -560,21 +677,28 @@ void NativeEngine::Admit() {
             ++it;
         }
     }
-    while (!waiting_.empty()) {
+    while (!waiting_.empty() && active_.size() < params_.sequences) {
         auto& r = waiting_.front();
-        auto freeSeq = std::find(seqUsed_.begin(), seqUsed_.end(), false);
-        if (freeSeq == seqUsed_.end() || reservedCells_ + r->reserved > params_.kvSize) break;
-        r->seq = (int32_t)(freeSeq - seqUsed_.begin());
-        *freeSeq = true;
-        reservedCells_ += r->reserved;
+        // Its sequence id, the cached prefix it reuses and the cached KV evicted to make room for the rest of it.
+        CachePlan plan;
+        if (!cache_.Plan(r->prompt, r->reserved, Remaining(), params_.kvSize, plan)) {
+            if (!active_.empty()) break;  // it waits for running requests to end
+            // Nothing runs, and any request fits an empty cache (reserved <= contextSize <= kvSize): start from one.
+            cache_.DropRetained();
+            if (!cache_.Plan(r->prompt, r->reserved, 0, params_.kvSize, plan)) break;
+        }
         r->tStart = NowUs();
+        r->seq = plan.seq;
+        r->cached = cache_.Admit(plan);
+        r->nPast = r->cached;
+        r->promptPos = (size_t)r->cached;
         BuildSampler(*r);
         active_.push_back(r);
         waiting_.pop_front();
     }
     // A request that has a slot but not its cells makes the pool short (GrowCells): requests without maxTokens then
     // stop at their fair share, so it gets in.
-    cellWaiter_ = !waiting_.empty() && std::find(seqUsed_.begin(), seqUsed_.end(), false) != seqUsed_.end();
+    cellWaiter_ = !waiting_.empty() && active_.size() < params_.sequences;
 }
 
 void NativeEngine::GrowCells() {
@@ -584,8 +708,15 @@ void NativeEngine::GrowCells() {
         if (r->maxTokens < 0 && r->generating && !Paused(*r) && !r->aborted && (uint32_t)r->nPast + 1 > r->reserved)
             need.push_back(r);
     if (need.empty() && !cellWaiter_) return;
+    // Cells only the prompt cache holds are free for the taking: evict them (LRU) before the pool counts as short.
+    auto makeRoom = [&](uint64_t cells) {
+        if (FreeCells() >= (int64_t)cells) return;
+        const uint64_t busy = Remaining() + cells;
+        cache_.EvictTo(busy >= params_.kvSize ? 0 : params_.kvSize - busy);
+    };
+    makeRoom(need.size());
     std::vector<std::shared_ptr<Request>> cut;
-    const bool shortOfCells = cellWaiter_ || params_.kvSize - reservedCells_ < need.size();
+    const bool shortOfCells = cellWaiter_ || FreeCells() < (int64_t)need.size();
     if (shortOfCells) {
         for (auto& r : active_) {
             if (r->maxTokens >= 0) continue;
@@ -597,12 +728,12 @@ void NativeEngine::GrowCells() {
     for (auto& r : cut) Finish(r, "context");  // frees their cells for the others
     for (auto& r : need) {
         if (std::find(cut.begin(), cut.end(), r) != cut.end()) continue;
-        if ((r->capped && r->reserved >= share) || reservedCells_ >= params_.kvSize) {
+        makeRoom(1);
+        if ((r->capped && r->reserved >= share) || FreeCells() <= 0) {
             Finish(r, "context");
             continue;
         }
         r->reserved++;
-        reservedCells_++;
     }
 }
 
@@ -646,6 +777,8 @@ void NativeEngine::Step() {
     for (auto& r : active_) {
         if (!r->generating || Paused(*r)) continue;
         r->batchIndex = b.n_tokens;
+        r->batchFrom = b.n_tokens;
+        r->batchCount = 1;
         add(r->lastToken, r->nPast, r->seq, true);
         r->nPast++;
         budget--;
@@ -657,6 +790,8 @@ void NativeEngine::Step() {
         const size_t left = r->prompt.size() - r->promptPos;
         if (left == 0) continue;  // waiting for its first token's logits (already in this batch)
         const int32_t take = (int32_t)std::min<size_t>(left, (size_t)budget);
+        r->batchFrom = b.n_tokens;
+        r->batchCount = take;
         for (int32_t i = 0; i < take; i++) {
             const size_t p = r->promptPos + (size_t)i;
             add(r->prompt[p], r->nPast + i, r->seq, p == r->prompt.size() - 1);
@@ -685,6 +820,16 @@ void NativeEngine::Step() {
         for (auto& r : active_)
             if (std::find(inBatch_.begin(), inBatch_.end(), r.get()) != inBatch_.end()) involved.push_back(r);
         inBatch_.clear();
+        // llama.cpp keeps the ubatches it finished before an abort or error: drop them, so that each sequence holds
+        // exactly what it held before this batch (what the prompt cache counts), and its request can go on from there.
+        for (auto& r : involved) {
+            cache_.Rollback(r->seq);
+            r->nPast = cache_.Len(r->seq);
+            if (!r->generating) r->promptPos = (size_t)r->nPast;
+            r->batchIndex = -1;
+            r->batchFrom = -1;
+            r->batchCount = 0;
+        }
         std::lock_guard<std::mutex> lock(mutex_);
         if (ret == 2) {  // aborted: every request in the batch was cancelled (or we are stopping)
             for (auto& r : involved)
@@ -697,7 +842,24 @@ void NativeEngine::Step() {
             Fail(r, "ERR_GENERATION_FAILED", "decoding failed: " + why + (log.empty() ? "" : " (" + log + ")"));
         return;
     }
+    // The batch's tokens are in the KV cache now: the prompt cache counts them (and can hand them to later requests).
+    std::vector<std::pair<std::shared_ptr<Request>, std::string>> broken;
+    for (auto& r : active_) {
+        if (r->batchCount == 0) continue;
+        cache_.Commit(r->seq, &b.token[r->batchFrom], (size_t)r->batchCount);
+        r->batchFrom = -1;
+        r->batchCount = 0;
+        std::string why;
+        if (!cache_.Verify(r->seq, why)) broken.emplace_back(r, why);
+    }
     inBatch_.clear();
+    if (!broken.empty()) {  // never expected: the engine's count of a sequence's KV is wrong, so its output would be
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (auto& [r, why] : broken) {
+            if (r->batchIndex >= 0) r->batchIndex = -1;
+            Fail(r, "ERR_GENERATION_FAILED", "KV cache bookkeeping error: " + why);
+        }
+    }
 
     std::vector<std::shared_ptr<Request>> ready;
     for (auto& r : active_)
@@ -716,12 +878,17 @@ void NativeEngine::Step() {
             Fail(r, "ERR_GENERATION_FAILED", std::string("sampling failed: ") + e.what());
             continue;
         }
+        TokenLogprobs lp;
+        if (r->logprobs >= 0) {
+            const float* logits = api.llama_get_logits_ith(ctx_.get(), r->batchIndex);
+            if (logits != nullptr) ComputeLogprobs(logits, model_->NVocab(), token, r->logprobs, lp);
+        }
         r->batchIndex = -1;
         if (!r->generating) {
             r->generating = true;
             r->tFirst = NowUs();
         }
-        ProcessToken(*r, token);
+        ProcessToken(*r, token, r->logprobs >= 0 ? &lp : nullptr);
         if (!r->finishReason.empty()) {
             std::lock_guard<std::mutex> lock(mutex_);
             Finish(r, r->finishReason);
@@ -730,7 +897,7 @@ void NativeEngine::Step() {
 }
 
 // Decides what `token` means for the request; sets finishReason when it ends (Step() then finishes it).
-void NativeEngine::ProcessToken(Request& r, llama_token token) {
+void NativeEngine::ProcessToken(Request& r, llama_token token, const TokenLogprobs* logprobs) {
     const LlamaApi& api = LlamaLib::Api();
     if (api.llama_vocab_is_eog(model_->Vocab(), token)) {
         r.finishReason = "eos";
@@ -755,22 +922,44 @@ void NativeEngine::ProcessToken(Request& r, llama_token token) {
     else if (length) r.finishReason = "length";
     else if (context) r.finishReason = "context";
     else r.lastToken = token;
-    if (r.stream) PostChunk(r, token, std::move(chunk));  // one chunk per generated token, "" while held back
+    if (r.stream) PostChunk(r, token, std::move(chunk), logprobs);  // one chunk per generated token, "" while held back
 }
 
-void NativeEngine::PostChunk(Request& r, llama_token token, std::string text) {
+void NativeEngine::PostChunk(Request& r, llama_token token, std::string text, const TokenLogprobs* logprobs) {
     auto* event = new Event();
     event->token = token;
     event->text = std::move(text);
+    if (logprobs != nullptr) {
+        event->hasLogprobs = true;
+        event->logprobs = *logprobs;
+    }
     if (r.callback.NonBlockingCall(event, CallJs) != napi_ok) delete event;
 }
 
-void NativeEngine::ReleaseSequence(Request& r) {
+void NativeEngine::ReleaseSequence(Request& r, bool keep) {
     if (r.seq < 0) return;
-    if (ctx_) LlamaLib::Api().llama_memory_seq_rm(LlamaLib::Api().llama_get_memory(ctx_.get()), r.seq, -1, -1);
-    seqUsed_[(size_t)r.seq] = false;
-    reservedCells_ -= r.reserved;
+    cache_.Release(r.seq, keep);
     r.seq = -1;
+}
+
+uint64_t NativeEngine::Remaining() const {
+    uint64_t n = 0;
+    for (const auto& r : active_) {
+        if (r->seq < 0) continue;
+        const int64_t left = (int64_t)r->reserved - cache_.Len(r->seq);
+        if (left > 0) n += (uint64_t)left;
+    }
+    return n;
+}
+
+void NativeEngine::PublishStats() {
+    statUsed_ = cache_.Used();
+    statReserved_ = cache_.Used() + Remaining();
+    statCached_ = cache_.Cached();
+}
+
+int64_t NativeEngine::FreeCells() const {
+    return (int64_t)params_.kvSize - (int64_t)cache_.Used() - (int64_t)Remaining();
 }
 
 // Caller holds mutex_ (or is the only thread left).
@@ -781,8 +970,9 @@ void NativeEngine::Finish(std::shared_ptr<Request> r, const std::string& reason)
     // last chunk that belongs to no token (token -1), so the chunks add up to the result's text.
     std::string rest = r->text.Finish();
     if (r->stream && !rest.empty()) PostChunk(*r, -1, std::move(rest));
-    ReleaseSequence(*r);
+    ReleaseSequence(*r, true);
     active_.erase(std::remove(active_.begin(), active_.end(), r), active_.end());
+    PublishStats();  // before the result reaches JS, so stats() then shows what this request left in the cache
     PostDone(r);
 }
 
@@ -790,8 +980,9 @@ void NativeEngine::Fail(std::shared_ptr<Request> r, const std::string& code, con
     r->errorCode = code;
     r->error = message;
     r->tEnd = NowUs();
-    ReleaseSequence(*r);
+    ReleaseSequence(*r, false);
     active_.erase(std::remove(active_.begin(), active_.end(), r), active_.end());
+    PublishStats();  // before the result reaches JS, so stats() then shows what this request left in the cache
     PostDone(r);
 }
 
@@ -807,6 +998,7 @@ void NativeEngine::PostDone(const std::shared_ptr<Request>& r) {
         event->finishReason = r->finishReason;
         event->logits = std::move(r->logits);
         event->promptTokens = r->prompt.size();
+        event->cachedTokens = r->cached;
         const int64_t start = r->tStart ? r->tStart : r->tEnd;
         const int64_t first = r->tFirst ? r->tFirst : r->tEnd;
         event->promptMs = (double)(first - start) / 1000.0;

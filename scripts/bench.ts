@@ -17,6 +17,7 @@ import path from "node:path";
 import { ensureTestModel, TEST_MODEL_SHAPES, TEST_MODEL_TYPES, type TestModelShape, type TestModelType } from "../src/testModel/makeTestModel.js";
 import { choiceFlag, intFlag, listFlag, scriptArgs, UsageError } from "./args.js";
 import { kvCacheBytes } from "../src/model/limits.js";
+import { LOAD_DEFAULTS } from "../src/model/options.js";
 import {
     best,
     cpuSnapshot,
@@ -356,7 +357,7 @@ async function main(): Promise<void> {
                 const rtag = ` (defaults row, round ${round}/${pl.concRounds})`;
                 const rprogress = (s: string) => progress(s + rtag);
                 const job: OursDefaultsJob = {
-                    kind: "defaults", modelPath: m.path, threads: opts.threads, batchSize: 512, contextSize: pl.contextSize, requests,
+                    kind: "defaults", modelPath: m.path, threads: opts.threads, batchSize: LOAD_DEFAULTS.batchSize, contextSize: pl.contextSize, requests,
                     promptTokens: pl.concPrompt, repeat: pl.concRepeat, repack: opts.repack, threadpool: opts.threadpool, flashAttention: opts.flashAttention,
                     ...(prompts ? { prompts } : {}),
                 };
@@ -422,7 +423,7 @@ async function main(): Promise<void> {
             let ours: OursSingleResult;
             try {
                 const job: OursSingleJob = {
-                    kind: "single", modelPath: m.path, threads: opts.threads, contextSize: pl.contextSize, batchSize: 512,
+                    kind: "single", modelPath: m.path, threads: opts.threads, contextSize: pl.contextSize, batchSize: LOAD_DEFAULTS.batchSize,
                     promptLengths: pl.promptLengths, genTokens: pl.genTokens, shortGenTokens: pl.shortGenTokens,
                     repeat: pl.repeat, maxVariants: 12, repack: opts.repack, threadpool: opts.threadpool, flashAttention: opts.flashAttention, ...(prompts ? { prompts } : {}),
                 };
@@ -477,7 +478,7 @@ async function main(): Promise<void> {
             if (opts.sides.includes("nlc")) {
                 try {
                     const job: NlcSingleJob = {
-                        modelPath: m.path, threads: opts.threads, contextSize: pl.contextSize, batchSize: 512,
+                        modelPath: m.path, threads: opts.threads, contextSize: pl.contextSize, batchSize: LOAD_DEFAULTS.batchSize,
                         flashAttention: opts.flashAttention === "auto" ? "auto" : opts.flashAttention === "on",
                         prompts: pl.promptLengths.map((n, i) => ({ n, text: ours.prompts[String(n)]!.text, maxTokens: i === 0 ? pl.genTokens : pl.shortGenTokens })),
                         repeat: pl.repeat,
@@ -550,7 +551,7 @@ async function main(): Promise<void> {
                     const rtag = pl.concRounds > 1 ? ` (round ${round}/${pl.concRounds})` : "";
                     const rprogress = (s: string) => progress(s + rtag);
                     const job: OursConcurrentJob = {
-                        kind: "concurrent", modelPath: m.path, threads: opts.threads, batchSize: 512, levels: opts.levels,
+                        kind: "concurrent", modelPath: m.path, threads: opts.threads, batchSize: LOAD_DEFAULTS.batchSize, levels: opts.levels,
                         promptTokens: pl.concPrompt, genTokens: pl.concGen, repeat: pl.concRepeat, via: opts.via, repack: opts.repack, threadpool: opts.threadpool, flashAttention: opts.flashAttention,
                         ...(cprompts ? { prompts: cprompts } : {}),
                     };

@@ -16,7 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { intFlag, scriptArgs, UsageError } from "./args.js";
-import { GGMLType, GGUFValueType, type GGUFKV } from "../src/gguf/types.js";
+import { GGMLType, GGUFValueType, QUANT_TYPES, type GGUFKV } from "../src/gguf/types.js";
 import { f32ToF16Bits, kv, writeGGUF, type GGUFTensorSpec, type GGUFWriteSpec } from "../src/gguf/writer.js";
 import { phi2HParamsKV } from "../src/testModel/makeTestModel.js";
 import { loadPhi2Vocab, phi2VocabKV, PHI2_VOCAB_SIZE, type Phi2Vocab } from "../src/testModel/vocab.js";
@@ -81,7 +81,7 @@ export async function microPhi2Spec(options: MicroOptions = {}): Promise<GGUFWri
         kv.str("general.architecture", "phi2"),
         kv.str("general.name", "phi2-micro-fuzz"),
         kv.u32("general.alignment", 32),
-        kv.u32("general.file_type", 2),
+        kv.u32("general.file_type", QUANT_TYPES.q4_0),
         ...phi2HParamsKV({ context: CTX, embedding: E, ffn: F, layers: 1, heads: HEADS, rotary: ROT }),
         ...phi2VocabKV(vocab),
     ];
@@ -131,7 +131,7 @@ export async function microLlamaSpec(): Promise<GGUFWriteSpec> {
         metadata: [
             kv.str("general.architecture", "llama"),
             kv.str("general.name", "llama-micro"),
-            kv.u32("general.file_type", 2),
+            kv.u32("general.file_type", QUANT_TYPES.q4_0),
             kv.u32("llama.context_length", CTX),
             kv.u32("llama.embedding_length", E),
             kv.u32("llama.feed_forward_length", F),

@@ -7,6 +7,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { findLlamaBundle } from "./llama-bundle.mjs";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const dest = path.join(root, "deps", "llama.cpp");
@@ -17,21 +18,8 @@ function fail(message) {
     process.exit(1);
 }
 
-// Node's package lookup: node_modules of this folder and each parent (package.json "exports" hide package.json).
-function findPackageDir(name) {
-    for (let dir = root; ; dir = path.dirname(dir)) {
-        const candidate = path.join(dir, "node_modules", name);
-        if (fs.existsSync(path.join(candidate, "package.json"))) return candidate;
-        if (path.dirname(dir) === dir) return undefined;
-    }
-}
-const nlcDir = findPackageDir("node-llama-cpp");
-if (!nlcDir) fail("node-llama-cpp is not installed. Run `npm ci` in the project root first.");
-const bundle = path.join(nlcDir, "llama", "gitRelease.bundle");
-if (!fs.existsSync(bundle)) fail(`${bundle} is missing; reinstall node-llama-cpp (npm ci).`);
-const info = JSON.parse(fs.readFileSync(path.join(nlcDir, "llama", "llama.cpp.info.json"), "utf8"));
-const nlcVersion = JSON.parse(fs.readFileSync(path.join(nlcDir, "package.json"), "utf8")).version;
-const want = { tag: info.tag, nodeLlamaCpp: nlcVersion, bundleSize: fs.statSync(bundle).size };
+const { bundle, info, nlcVersion, bundleSize } = findLlamaBundle(root, fail);
+const want = { tag: info.tag, nodeLlamaCpp: nlcVersion, bundleSize };
 
 if (fs.existsSync(stampFile)) {
     const have = JSON.parse(fs.readFileSync(stampFile, "utf8"));

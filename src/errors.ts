@@ -28,6 +28,14 @@ export type PhiErrorCode =
     | "ERR_QUANTIZE_FAILED"
     | "ERR_OUTPUT_EXISTS"
     | "ERR_INVALID_OUTPUT"
+    /** A message on the wire that RusticAI's `Message` model would reject (WireMessageError). */
+    | "ERR_INVALID_MESSAGE"
+    /** The messaging service (Redis) cannot be reached, refused the login, or the backend was closed (MessagingUnavailableError). */
+    | "ERR_MESSAGING_UNAVAILABLE"
+    /** A routing slip step needs something the agent host does not run (a CEL expression). */
+    | "ERR_UNSUPPORTED_ROUTE"
+    /** A replica's claim on a request was lost (its lease ran out, or Redis forgot it) before it answered. */
+    | "ERR_CLAIM_LOST"
     /** Typed output (a JSON schema) cut short by the token budget or the context before the document was complete. */
     | "ERR_OUTPUT_INCOMPLETE";
 
@@ -147,6 +155,16 @@ export class AbortError extends PhiAgentError {
         super("ERR_ABORTED", message, cause !== undefined ? { cause } : undefined);
         this.name = "AbortError";
     }
+
+    /**
+     * An AbortError for `what` that names the signal's reason in its message; `cause` is the reason, unless a
+     * lower-level cause is given (llama.cpp's own ERR_ABORTED, say).
+     */
+    static fromSignal(what: string, signal: AbortSignal | undefined, cause: unknown = signal?.reason): AbortError {
+        const reason: unknown = signal?.reason;
+        const why = reason instanceof Error ? reason.message : typeof reason === "string" ? reason : undefined;
+        return new AbortError(why ? `${what}: ${why}` : what, cause);
+    }
 }
 
 /** A GGUF file is malformed or not usable; `message` names the field or section that was wrong. */
@@ -170,4 +188,16 @@ export class OutputPathError extends PhiAgentError {
 
 export function isAbortError(err: unknown): err is AbortError {
     return err instanceof AbortError;
+}
+
+/**
+ * The messaging backend cannot do what was asked: the server (Redis) is unreachable or refused the connection or
+ * the login, or the backend is closed. `details.url` is the server's address with any password masked.
+ */
+export class MessagingUnavailableError extends PhiAgentError {
+    declare readonly code: "ERR_MESSAGING_UNAVAILABLE";
+    constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+        super("ERR_MESSAGING_UNAVAILABLE", message, options);
+        this.name = "MessagingUnavailableError";
+    }
 }

@@ -6,7 +6,7 @@ import path from "node:path";
 import { AbortError, ContextOverflowError, DisposedError, GGUFError, PhiAgentError, PhiModel } from "../src/index.js";
 import { readGGUF } from "../src/gguf/reader.js";
 import { writeGGUF, kv } from "../src/gguf/writer.js";
-import { tinyModel } from "./helpers/models.js";
+import { TEST_THREADS, tinyModel } from "./helpers/models.js";
 
 const SEED_PROMPT = "The benefits of multi-agent systems include";
 
@@ -16,7 +16,7 @@ describe("PhiModel", function () {
 
     before(async function () {
         modelPath = await tinyModel("f32");
-        model = await PhiModel.load({ modelPath, threads: 2, contextSize: 256 });
+        model = await PhiModel.load({ modelPath, threads: TEST_THREADS, contextSize: 256 });
     });
     after(async function () {
         await model?.dispose();
@@ -135,7 +135,7 @@ describe("PhiModel", function () {
 
         it("decodes the same tokens with per-graph threads as with its persistent threadpool", async function () {
             expect(model.info.runtime.threadpool).to.equal(true);
-            const perGraph = await PhiModel.load({ modelPath, threads: 2, contextSize: 256, threadpool: false });
+            const perGraph = await PhiModel.load({ modelPath, threads: TEST_THREADS, contextSize: 256, threadpool: false });
             try {
                 expect(perGraph.info.runtime.threadpool).to.equal(false);
                 const a = await model.generate(SEED_PROMPT, { maxTokens: 24 });
@@ -187,7 +187,7 @@ describe("PhiModel", function () {
             value.writeFloatLE(1000);
             fs.writeSync(fd, value, 0, 4, header.dataOffset + bias.offset + 50256 * 4);
             fs.closeSync(fd);
-            const eos = await PhiModel.load({ modelPath: file, threads: 2, contextSize: 64 });
+            const eos = await PhiModel.load({ modelPath: file, threads: TEST_THREADS, contextSize: 64 });
             try {
                 const r = await eos.generate(SEED_PROMPT, { maxTokens: 10 });
                 expect(r.finishReason).to.equal("eos");
@@ -200,7 +200,7 @@ describe("PhiModel", function () {
         });
 
         it("ends with 'context' when the sequence fills the context", async function () {
-            const small = await PhiModel.load({ modelPath, threads: 2, contextSize: 16 });
+            const small = await PhiModel.load({ modelPath, threads: TEST_THREADS, contextSize: 16 });
             try {
                 const r = await small.generate(SEED_PROMPT); // 8 prompt tokens
                 expect(r.finishReason).to.equal("context");
@@ -332,7 +332,7 @@ describe("PhiModel", function () {
 
     describe("dispose()", function () {
         it("is idempotent, ends in-flight work with DisposedError and refuses later calls", async function () {
-            const m = await PhiModel.load({ modelPath, threads: 2, contextSize: 2048 });
+            const m = await PhiModel.load({ modelPath, threads: TEST_THREADS, contextSize: 2048 });
             let firstToken!: () => void;
             const streaming = new Promise<void>((resolve) => { firstToken = resolve; });
             const running = m.generate(SEED_PROMPT, { onToken: () => firstToken() }).catch((e: unknown) => e);

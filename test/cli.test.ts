@@ -58,7 +58,7 @@ describe("phi-agent CLI", function () {
         it("--help lists every command, and each command has its own --help (exit 0)", function () {
             const top = cli(["--help"]);
             expect(top.status).to.equal(0);
-            for (const cmd of ["generate", "tokenize", "inspect", "make-test-model", "quantize"]) {
+            for (const cmd of ["generate", "tokenize", "inspect", "make-test-model", "quantize", "agent"]) {
                 expect(top.stdout).to.include(`  ${cmd} `);
                 for (const flag of ["--help", "-h"]) {
                     const r = cli([cmd, flag]);

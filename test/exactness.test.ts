@@ -46,7 +46,9 @@ for (const seed of [1, 2]) {
             const modelPath = seed === 1 ? await tinyModel("f32") : await ensureTestModel({ shape: "tiny", type: "f32", seed });
             // seed 1 with 2 threads (the matmuls split across threads) and flash attention "auto" (on, on the CPU);
             // seed 2 with 1 thread and flash attention off (llama.cpp's other attention graph)
-            model = await PhiModel.load({ modelPath, threads: seed === 1 ? 2 : 1, contextSize: 512, flashAttention: seed === 1 ? "auto" : "off" });
+            // promptCacheSize 0: every call computes its whole prompt, so each check here is the forward pass itself
+            // (a reused prefix is computed by other kernel shapes: test/promptCache.test.ts compares those)
+            model = await PhiModel.load({ modelPath, threads: seed === 1 ? 2 : 1, contextSize: 512, flashAttention: seed === 1 ? "auto" : "off", promptCacheSize: 0 });
             ref = await Phi2Reference.load(modelPath, GGML_CPU_PRECISION);
             exact = await Phi2Reference.load(modelPath);
         });

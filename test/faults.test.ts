@@ -4,11 +4,13 @@
  * cases; these push further. scripts/soak.ts checks memory over many load/generate/dispose cycles.)
  */
 import { expect } from "chai";
-import { AbortError, DisposedError, PhiModel, type GenerationResult } from "../src/index.js";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { AbortError, DisposedError, PhiModel, quantizeModel, type GenerationResult } from "../src/index.js";
 import { tinyModel } from "./helpers/models.js";
 
-/** Generous bound on "quickly": the tests measure and report the real latency; CI machines can be slow. */
-const QUICK_MS = 2000;
+// No timed assertions: latencies are measured and reported in the test titles (scripts/bench.ts measures speed).
 const PROMPT = "The benefits of multi-agent systems include";
 
 async function settle<T>(p: Promise<T>): Promise<{ value?: T; error?: unknown; at: number }> {
@@ -31,7 +33,8 @@ describe("faults", function () {
     before(async function () {
         modelPath = await tinyModel("f32");
         // threads: 1 keeps ggml's spin barriers out of trouble when other processes share the cores
-        model = await PhiModel.load({ modelPath, threads: 1, contextSize: 2048, batchSize: 8, sequences: 8 });
+        // promptCacheSize 0: every call evaluates the long prompt from its first token (none reuses another's KV)
+        model = await PhiModel.load({ modelPath, threads: 1, contextSize: 2048, batchSize: 8, sequences: 8, promptCacheSize: 0 });
         baseline = await model.generate(PROMPT, { maxTokens: 16 });
         longPrompt = "Agents plan, act, observe and reflect. ".repeat(110); // ~990 tokens: ~125 decode calls
         const r = await model.generate(longPrompt, { maxTokens: 1 });
@@ -68,33 +71,61 @@ describe("faults", function () {
             const { error } = await settle((async () => { for await (const c of s) chunks.push(c.text); })());
             expect(error).to.be.instanceOf(AbortError);
             expect(chunks).to.deep.equal([]);
-            expect(performance.now() - t0).to.be.lessThan(QUICK_MS);
+            this.test!.title += ` (${(performance.now() - t0).toFixed(1)} ms for all)`;
             await expectHealthy();
         });
 
-        it("during prompt evaluation (a long prompt in batches of 8): AbortError quickly, no token generated", async function () {
-            expect(longPromptMs, "the prompt takes long enough to abort in the middle").to.be.greaterThan(100);
-            const controller = new AbortController();
-            let tokens = 0;
-            const pending = settle(model.generate(longPrompt, { maxTokens: 4, signal: controller.signal, onToken: () => tokens++ }));
-            await new Promise((r) => setTimeout(r, longPromptMs / 4));
-            const abortedAt = performance.now();
-            controller.abort();
-            const { error, at } = await pending;
-            const latency = at - abortedAt;
-            this.test!.title += ` (prompt ${longPromptMs.toFixed(0)} ms; AbortError ${latency.toFixed(1)} ms after abort())`;
-            expect(error).to.be.instanceOf(AbortError);
-            expect(tokens).to.equal(0);
-            expect(latency).to.be.lessThan(QUICK_MS);
-            expect(latency).to.be.lessThan(longPromptMs); // it did not finish the prompt first
+        it("carries the signal's reason: load, generate and quantize name it in the message and keep it as cause", async function () {
+            const reason = new Error("the user closed the tab");
+            const signal = AbortSignal.abort(reason);
+            const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "phi-abort-")), "never.gguf");
+            const calls: (() => Promise<unknown>)[] = [
+                () => PhiModel.load({ modelPath, signal }),
+                () => model.generate(PROMPT, { signal }),
+                () => quantizeModel(modelPath, out, { type: "q8_0", signal }),
+            ];
+            for (const call of calls) {
+                const { error } = await settle(call());
+                expect(error).to.be.instanceOf(AbortError);
+                expect((error as AbortError).message).to.include("the user closed the tab");
+                expect((error as AbortError).cause).to.equal(reason);
+            }
+            expect(fs.existsSync(out), "nothing written").to.equal(false);
+        });
+
+        it("during prompt evaluation (a long prompt in batches of 8): AbortError, no token generated", async function () {
+            // The abort is tied to the engine's progress, not to a clock: a short companion request shares each
+            // 8-token batch with the long prompt (~125 batches), and its 3rd token triggers the abort, a few batches in.
+            const midPrompt = async (options: { stopOnAbort?: boolean }) => {
+                const controller = new AbortController();
+                let tokens = 0;
+                let abortedAt = 0;
+                let companionTokens = 0;
+                // first: prompts are scheduled in arrival order, generating sequences before any prompt chunk
+                const companion = model.generate(PROMPT, {
+                    maxTokens: 8,
+                    onToken: () => {
+                        if (++companionTokens === 3) {
+                            abortedAt = performance.now();
+                            controller.abort();
+                        }
+                    },
+                });
+                const victim = settle(model.generate(longPrompt, { maxTokens: 4, signal: controller.signal, onToken: () => tokens++, ...options }));
+                const [v, c] = await Promise.all([victim, companion]);
+                expect(c.tokens).to.deep.equal(baseline.tokens.slice(0, 8), "the companion is untouched");
+                return { ...v, tokens, latency: v.at - abortedAt };
+            };
+            const aborted = await midPrompt({});
+            this.test!.title += ` (prompt ${longPromptMs.toFixed(0)} ms; AbortError ${aborted.latency.toFixed(1)} ms after abort())`;
+            expect(aborted.error).to.be.instanceOf(AbortError);
+            expect(aborted.tokens, "it did not finish the prompt first").to.equal(0);
 
             // with stopOnAbort the partial result says where it stopped
-            const c2 = new AbortController();
-            const partial = model.generate(longPrompt, { maxTokens: 4, signal: c2.signal, stopOnAbort: true });
-            setTimeout(() => c2.abort(), longPromptMs / 4);
-            const r = await partial;
-            expect(r.finishReason).to.equal("abort");
-            expect(r.tokens).to.deep.equal([]);
+            const partial = await midPrompt({ stopOnAbort: true });
+            expect(partial.error).to.equal(undefined);
+            expect(partial.value!.finishReason).to.equal("abort");
+            expect(partial.value!.tokens).to.deep.equal([]);
             await expectHealthy();
         });
 
@@ -118,7 +149,6 @@ describe("faults", function () {
             expect(partial?.finishReason).to.equal("abort");
             expect(partial!.tokens.length).to.be.at.least(5);
             expect(partial!.tokens.slice(0, 5)).to.deep.equal(baseline.tokens.slice(0, 5));
-            expect(latency).to.be.lessThan(QUICK_MS);
             await expectHealthy();
         });
 
@@ -136,9 +166,14 @@ describe("faults", function () {
 
         it("one aborted call among concurrent ones leaves the others untouched", async function () {
             const controller = new AbortController();
-            const others = [PROMPT, "Hello", "def f(x):"].map((p) => model.generate(p, { maxTokens: 12 }));
+            // aborted when the others are decoding (their first token), while its long prompt is still in progress
+            let first = true;
+            const onToken = () => {
+                if (first) controller.abort();
+                first = false;
+            };
+            const others = [PROMPT, "Hello", "def f(x):"].map((p) => model.generate(p, { maxTokens: 12, onToken }));
             const victim = settle(model.generate(longPrompt, { signal: controller.signal }));
-            setTimeout(() => controller.abort(), 20);
             const [results, v] = await Promise.all([Promise.all(others), victim]);
             expect(v.error).to.be.instanceOf(AbortError);
             expect(results[0]!.tokens).to.deep.equal(baseline.tokens.slice(0, 12));
@@ -148,13 +183,11 @@ describe("faults", function () {
 
         it("aborting a load in progress rejects with AbortError and leaves no model behind", async function () {
             const controller = new AbortController();
-            const t0 = performance.now();
             const { value, error } = await settle(PhiModel.load({
                 modelPath, contextSize: 64, mmap: false, signal: controller.signal, onProgress: (p) => { if (p > 0.2) controller.abort(); },
             }));
             if (value) await value.dispose();
             expect(error).to.be.instanceOf(AbortError);
-            expect(performance.now() - t0).to.be.lessThan(10 * QUICK_MS);
             await expectHealthy();
         });
     });
@@ -165,11 +198,16 @@ describe("faults", function () {
             const victim = await PhiModel.load({ modelPath, threads: 1, contextSize: 2048, batchSize: 8 });
             try {
                 const otherRun = other.generate(PROMPT, { maxTokens: 16 });
-                const inPrompt = settle(victim.generate(longPrompt, { maxTokens: 8 }));
-                const generating = settle(victim.generate(PROMPT)); // no maxTokens: runs until disposed
+                let generated!: () => void;
+                const generatingStarted = new Promise<void>((r) => (generated = r));
+                const generating = settle(victim.generate(PROMPT, { onToken: () => generated() })); // no maxTokens: runs until disposed
                 const streamed: string[] = [];
-                const streaming = settle((async () => { for await (const c of victim.stream("Hello", {})) streamed.push(c.text); })());
-                await new Promise((r) => setTimeout(r, 60));
+                let chunk!: () => void;
+                const streamingStarted = new Promise<void>((r) => (chunk = r));
+                const streaming = settle((async () => { for await (const c of victim.stream("Hello", {})) { streamed.push(c.text); chunk(); } })());
+                // after them (prompts are scheduled in arrival order): its prompt is in its first batches when they decode
+                const inPrompt = settle(victim.generate(longPrompt, { maxTokens: 8 }));
+                await Promise.all([generatingStarted, streamingStarted]);
                 const t0 = performance.now();
                 await victim.dispose();
                 const disposeMs = performance.now() - t0;
@@ -177,7 +215,6 @@ describe("faults", function () {
                     expect(error).to.be.instanceOf(DisposedError);
                     expect((error as DisposedError).code).to.equal("ERR_DISPOSED");
                 }
-                expect(disposeMs).to.be.lessThan(QUICK_MS);
                 this.test!.title += ` (dispose took ${disposeMs.toFixed(0)} ms)`;
                 expect(victim.disposed).to.equal(true);
                 expect((await otherRun).tokens).to.deep.equal(baseline.tokens);
@@ -262,7 +299,7 @@ describe("faults", function () {
             expect(greedyTies, "near-ties are rare").to.be.at.most(2);
             // the calls really differ, so a mix-up could not go unnoticed
             expect(new Set(together.map((r) => JSON.stringify(r.tokens))).size).to.be.greaterThan(48);
-            expect(model.stats()).to.deep.equal({ active: 0, waiting: 0 });
+            expect(model.stats()).to.include({ active: 0, waiting: 0 });
         });
     });
 });

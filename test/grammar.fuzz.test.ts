@@ -56,10 +56,10 @@ const b = loadBinding();
 ensureLibrary("cpu");
 const raw = new b.NativeModel();
 await raw.load(modelPath, { gpuLayers: 0, deviceIndex: -1, mmap: true, repack: false });
-const engine = new b.NativeEngine(raw, { kvSize: 64, contextSize: 64, batchSize: 64, sequences: 1, threads: 1, batchThreads: 1, threadpool: false, flashAttention: -1 });
+const engine = new b.NativeEngine(raw, { kvSize: 64, contextSize: 64, batchSize: 64, sequences: 1, threads: 1, batchThreads: 1, threadpool: false, flashAttention: -1, promptCacheSize: 0 });
 await engine.init();
 const OPTIONS = { maxTokens: 1, stream: false, temperature: 0, topK: 0, topP: 1, minP: 0, repeatPenalty: 1, presencePenalty: 0,
-    frequencyPenalty: 0, repeatLastN: 64, seed: 1, stop: [], captureLogits: false };
+    frequencyPenalty: 0, repeatLastN: 64, seed: 1, stop: [], captureLogits: false, logprobs: -1 };
 
 const report = { total: texts.length, accepted: 0, generated: 0, tokenRefused: 0, llamaKinds: 0, llamaAgreed: 0, stricter: {}, disagreements: [] };
 for (const text of texts) {

@@ -277,7 +277,7 @@ describe("lifetime", function () {
                 ensureLibrary("cpu");
                 const m = new b.NativeModel();
                 await m.load(process.argv[2], { gpuLayers: 0, deviceIndex: -1, mmap: true, repack: false });
-                const e = new b.NativeEngine(m, { kvSize: 64, contextSize: 64, batchSize: 64, sequences: 1, threads: 1, batchThreads: 1, threadpool: false, flashAttention: -1 });
+                const e = new b.NativeEngine(m, { kvSize: 64, contextSize: 64, batchSize: 64, sequences: 1, threads: 1, batchThreads: 1, threadpool: false, flashAttention: -1, promptCacheSize: 0 });
                 const [first, second] = await Promise.allSettled([e.init(), e.init()]);
                 const third = await e.init().then(() => "resolved", (x) => x.code);
                 await e.close();

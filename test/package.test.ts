@@ -3,19 +3,21 @@
  * with --ignore-scripts and no compiler on PATH (what npm 11 does by default for dependencies), then generates,
  * and its CLI and makeTestModel() work from there.
  *
- * No network and no npm cache: the test's npm gets an empty cache of its own and a registry address where nothing
- * listens, and installs our tarball together with tarballs of its runtime dependencies, packed from the copies
- * `npm ci` put in node_modules/ (the same published files, byte for byte what the registry would send). The
- * optional GPU variants of the llama.cpp libraries are left out, as an install where they are unavailable would.
+ * No network and no npm cache: the test's npm gets an empty cache of its own and, as its registry, a server on
+ * 127.0.0.1 that serves the runtime dependency closure of package-lock.json, packed from the copies `npm ci` put in
+ * node_modules/ (the same published files, byte for byte what the registry would send). The optional GPU variants
+ * of the llama.cpp libraries are left out (404), as an install where they are unavailable would.
  */
 import { expect } from "chai";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import fs from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { librarySets, packageRoot } from "../src/native/binding.js";
-import { tinyModel } from "./helpers/models.js";
+import { TEST_THREADS, tinyModel } from "./helpers/models.js";
 
 function npmCli(): string {
     // npm's own entry script next to this Node (so PATH can be emptied of compilers).
@@ -80,15 +82,23 @@ describe("npm package", function () {
         for (const tool of ["cc", "gcc", "g++", "c++", "make", "python3", "cmake"]) {
             expect(spawnSync(tool, ["--version"], { env }).error, `${tool} must not be on PATH`).to.exist;
         }
-        const deps = runtimeDependencyTarballs(npm, work);
-        const install = spawnSync(process.execPath, [npm, "install", "--ignore-scripts", "--offline", "--no-audit", "--no-fund",
-            "--omit=dev", path.join(work, info[0]!.filename), ...deps], { cwd: project, env, encoding: "utf8" });
+        // npm resolves our dependencies from a registry on loopback that serves exactly the runtime closure of
+        // package-lock.json (packed from node_modules/), nested versions included (ajv keeps fast-uri 3 under it)
+        const registry = await localRegistry(npm, work);
+        let install: { status: number | null; stderr: string };
+        try {
+            install = await spawnAsync(process.execPath, [npm, "install", "--ignore-scripts", "--no-audit", "--no-fund",
+                "--omit=dev", path.join(work, info[0]!.filename)], { cwd: project, env: { ...env, npm_config_registry: registry.url } });
+        } finally {
+            await registry.close();
+        }
         expect(install.status, install.stderr).to.equal(0);
+        expect(registry.missing.filter((name) => !name.startsWith("@node-llama-cpp/")), "packages npm asked for that the closure lacks").to.deep.equal([]);
         expect(fs.existsSync(path.join(project, "node_modules", "llm-phi-agent", "deps")), "no llama.cpp sources in the install").to.equal(false);
 
         fs.writeFileSync(path.join(project, "main.js"), `
             import { PhiModel } from "llm-phi-agent";
-            const model = await PhiModel.load({ modelPath: process.argv[2], threads: 2, contextSize: 64 });
+            const model = await PhiModel.load({ modelPath: process.argv[2], threads: ${TEST_THREADS}, contextSize: 64 });
             const r = await model.generate("The benefits of multi-agent systems include", { maxTokens: 8 });
             console.log(JSON.stringify({ tokens: r.tokens, finishReason: r.finishReason, addon: model.info.runtime.libraryPath }));
             await model.dispose();
@@ -100,6 +110,20 @@ describe("npm package", function () {
         expect(out.finishReason).to.equal("length");
         expect(out.addon.startsWith(project)).to.equal(true, "uses the libraries installed with the package");
 
+        // The HTTP server from its own entry point (llm-phi-agent/server), on loopback, port 0.
+        fs.writeFileSync(path.join(project, "serve.js"), `
+            import { PhiServer } from "llm-phi-agent/server";
+            const server = await PhiServer.start({ modelPath: process.argv[2], host: "127.0.0.1", port: 0, load: { threads: 1, contextSize: 64 }, log: () => {} });
+            await server.ready;
+            const r = await fetch(server.url + "/v1/completions", { method: "POST", headers: { "content-type": "application/json" },
+                body: JSON.stringify({ model: server.modelId, prompt: "Hello", max_tokens: 3 }) });
+            console.log(JSON.stringify({ status: r.status, tokens: (await r.json()).usage.completion_tokens }));
+            await server.close();
+        `);
+        const served = await spawnAsync(process.execPath, ["serve.js", modelPath], { cwd: project, env });
+        expect(served.status, served.stderr).to.equal(0);
+        expect(JSON.parse(served.stdout.trim())).to.deep.equal({ status: 200, tokens: 3 });
+
         // The CLI through npm's bin link, and the test-model writer (vocabulary and q4_k_m quantizer) from the package.
         const phiAgent = path.join(project, "node_modules", ".bin", "phi-agent");
         const cli = (...args: string[]) => spawnSync(phiAgent, args, { cwd: project, env, encoding: "utf8" });
@@ -109,7 +133,7 @@ describe("npm package", function () {
         const made = cli("make-test-model", "--out", "models/tiny-q4.gguf", "--type", "q4_k_m", "--json");
         expect(made.status, made.stderr).to.equal(0);
         expect(JSON.parse(made.stdout)).to.include({ path: path.join(project, "models", "tiny-q4.gguf"), type: "q4_k_m" });
-        const gen = cli("generate", "--model", "models/tiny-q4.gguf", "--prompt", "The benefits of", "--max-tokens", "4", "--threads", "2", "--json");
+        const gen = cli("generate", "--model", "models/tiny-q4.gguf", "--prompt", "The benefits of", "--max-tokens", "4", "--threads", String(TEST_THREADS), "--json");
         expect(gen.status, gen.stderr).to.equal(0);
         expect((JSON.parse(gen.stdout) as { tokens: number[] }).tokens).to.have.length(4);
 
@@ -148,27 +172,82 @@ function readmeSnippets(): string[] {
 
 const sha256 = (p: string) => createHash("sha256").update(fs.readFileSync(p)).digest("hex");
 
+/** Runs a child process without blocking the event loop (the loopback registry answers meanwhile). */
+function spawnAsync(cmd: string, args: string[], options: { cwd: string; env: NodeJS.ProcessEnv }): Promise<{ status: number | null; stdout: string; stderr: string }> {
+    return new Promise((resolve, reject) => {
+        const child = spawn(cmd, args, { ...options, stdio: ["ignore", "pipe", "pipe"] });
+        let stdout = "";
+        let stderr = "";
+        child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+        child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+        child.on("error", reject);
+        child.on("close", (status) => resolve({ status, stdout, stderr }));
+    });
+}
+
+interface LockEntry { version?: string; dev?: boolean; optional?: boolean; devOptional?: boolean }
+
 /**
- * Tarballs of our runtime dependencies, packed from node_modules/ (where `npm ci` put them): every `dependencies`
- * entry, and of the optionalDependencies the llama.cpp CPU libraries of this platform (the set src/native/binding.ts picks for the CPU).
+ * An npm registry on 127.0.0.1 that serves our runtime dependency closure, packed from node_modules/ (where
+ * `npm ci` put them, the same published files): every package package-lock.json needs outside development (the
+ * direct `dependencies` and all they pull in, nested versions too), and of the optionalDependencies the llama.cpp
+ * CPU libraries of this platform (the set src/native/binding.ts picks for the CPU). Any other name is a 404 (the
+ * optional GPU variants, as where they are unavailable), recorded in `missing`.
  */
-function runtimeDependencyTarballs(npm: string, dest: string): string[] {
+async function localRegistry(npm: string, dest: string): Promise<{ url: string; missing: string[]; close: () => Promise<void> }> {
     const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot, "package.json"), "utf8")) as {
         dependencies?: Record<string, string>; optionalDependencies?: Record<string, string>;
     };
-    // the CPU set of the libraries the addon would pick here (src/native/binding.ts names them per platform)
+    const lock = JSON.parse(fs.readFileSync(path.join(packageRoot, "package-lock.json"), "utf8")) as { packages: Record<string, LockEntry> };
     const cpu = librarySets().find((set) => set.backend === "cpu" && set.source.startsWith("@node-llama-cpp/"));
     expect(cpu, "the llama.cpp CPU libraries for this platform are installed").to.not.equal(undefined);
-    const optional = [cpu!.source];
     expect(Object.keys(pkg.optionalDependencies ?? {})).to.include(cpu!.source);
-    const names = [...Object.keys(pkg.dependencies ?? {}), ...optional];
-    return names.map((name) => {
-        const dir = path.join(packageRoot, "node_modules", ...name.split("/"));
-        const installed = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as { version: string };
-        const wanted = pkg.dependencies?.[name] ?? pkg.optionalDependencies?.[name];
-        expect(installed.version, `${name} in node_modules is the version package.json pins`).to.equal(wanted);
-        const packed = execFileSync(process.execPath, [npm, "pack", "--ignore-scripts", "--json", "--pack-destination", dest, dir],
-            { cwd: dest, encoding: "utf8", env: { ...process.env, npm_config_registry: "http://127.0.0.1:9/", npm_config_offline: "true" } });
-        return path.join(dest, (JSON.parse(packed) as { filename: string }[])[0]!.filename);
+    const entries = Object.entries(lock.packages).filter(([where, e]) => where !== "" &&
+        (where === `node_modules/${cpu!.source}` || (!e.dev && !e.optional && !e.devOptional)));
+    for (const name of Object.keys(pkg.dependencies ?? {})) {
+        expect(entries.map(([where]) => where), `package-lock.json has ${name}`).to.include(`node_modules/${name}`);
+    }
+    const tarballs = fs.mkdtempSync(path.join(dest, "registry-"));
+    // name -> version -> { manifest, file }
+    const packages = new Map<string, Map<string, { manifest: Record<string, unknown>; file: string }>>();
+    for (const [where, entry] of entries) {
+        const name = where.slice(where.lastIndexOf("node_modules/") + "node_modules/".length);
+        const dir = path.join(packageRoot, ...where.split("/"));
+        const manifest = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as Record<string, unknown> & { version: string };
+        const wanted = pkg.dependencies?.[name] ?? pkg.optionalDependencies?.[name] ?? entry.version;
+        expect(manifest.version, `${name} in node_modules is the version package.json / package-lock.json pins`).to.equal(wanted);
+        const packed = execFileSync(process.execPath, [npm, "pack", "--ignore-scripts", "--json", "--pack-destination", tarballs, dir],
+            { cwd: tarballs, encoding: "utf8", env: { ...process.env, npm_config_registry: "http://127.0.0.1:9/", npm_config_offline: "true" } });
+        const file = path.join(tarballs, (JSON.parse(packed) as { filename: string }[])[0]!.filename);
+        if (!packages.has(name)) packages.set(name, new Map());
+        packages.get(name)!.set(manifest.version, { manifest, file });
+    }
+    const missing: string[] = [];
+    let base = "";
+    const server = http.createServer((req, res) => {
+        const url = decodeURIComponent((req.url ?? "/").split("?")[0]!.slice(1));
+        const tarball = /^-\/(.+)\/(\d[^/]*)\.tgz$/.exec(url);
+        if (tarball) {
+            const found = packages.get(tarball[1]!)?.get(tarball[2]!);
+            if (!found) return res.writeHead(404).end();
+            res.writeHead(200, { "content-type": "application/octet-stream" });
+            return fs.createReadStream(found.file).pipe(res);
+        }
+        const versions = packages.get(url);
+        if (!versions) {
+            missing.push(url);
+            res.writeHead(404, { "content-type": "application/json" });
+            return res.end(JSON.stringify({ error: "not found" }));
+        }
+        const body: Record<string, unknown> = { name: url, "dist-tags": { latest: [...versions.keys()].pop() }, versions: {} };
+        for (const [version, { manifest, file }] of versions) {
+            const integrity = "sha512-" + createHash("sha512").update(fs.readFileSync(file)).digest("base64");
+            (body.versions as Record<string, unknown>)[version] = { ...manifest, dist: { tarball: `${base}/-/${url}/${version}.tgz`, integrity } };
+        }
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify(body));
     });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    return { url: `${base}/`, missing, close: () => new Promise((resolve) => server.close(() => resolve())) };
 }

@@ -13,7 +13,6 @@ import type { ConcurrentRound, OursConcurrentJob } from "./worker-ours.js";
 
 /** LLMPhiAgent with the bench's load options (--no-repack, --no-threadpool, --flash-attn) forced. */
 function agentWith(overrides: Partial<LoadOptions>): typeof LLMPhiAgent {
-    if (Object.keys(overrides).length === 0) return LLMPhiAgent;
     return class extends LLMPhiAgent {
         protected override loadModel(options: LoadOptions): Promise<PhiModel> {
             return super.loadModel({ ...options, ...overrides });
@@ -32,6 +31,7 @@ export async function runAgentConcurrency(
         ...(job.repack === false ? { repack: false } : {}),
         ...(job.threadpool === false ? { threadpool: false } : {}),
         ...(job.flashAttention !== undefined ? { flashAttention: job.flashAttention } : {}),
+        promptCacheSize: 0, // the rows measure prompt processing: repeated prompts must not come from the prompt cache
     }))
         .setId("phi_bench")
         .setName("Phi-2 bench")

@@ -5,6 +5,7 @@
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
+import { LOAD_DEFAULTS } from "../../src/model/options.js";
 
 /** The folder of node-llama-cpp's prebuilt CPU libraries for this platform (the ones our addon runs on too). */
 export function findLlamaLibDir(root: string): string {
@@ -115,7 +116,7 @@ export function runCppLoop(bin: string, a: CppLoopArgs, tmpDir: string, timeoutM
         "--gen-tokens", String(a.genTokens),
         "--sequences", String(a.sequences),
         "--repeat", String(a.repeat),
-        "--batch", String(a.batch ?? 512),
+        "--batch", String(a.batch ?? LOAD_DEFAULTS.batchSize),
         "--print-tokens",
     ];
     if (a.ctx) args.push("--ctx", String(a.ctx));

@@ -30,7 +30,8 @@ const P = Number(values.prompts), T = Number(values.tokens), threads = Number(va
 const root = repoRoot();
 const modelPath = await ensureTestModel({ shape: "tiny", type: values.type as TestModelType, seed: 1 });
 const ctx = Math.ceil((P * (L + T + 8)) / 256) * 256;
-const model = await PhiModel.load({ modelPath, device: "cpu", threads, contextSize: L + T + 8, kvCacheSize: ctx, sequences: P });
+// promptCacheSize 0: the batched run computes its prompts as the solo run did, not from the prompt cache
+const model = await PhiModel.load({ modelPath, device: "cpu", threads, contextSize: L + T + 8, kvCacheSize: ctx, sequences: P, promptCacheSize: 0 });
 const prompts = Array.from({ length: P }, (_, i) => buildPrompt((t) => model.tokenize(t), L, i));
 const firstDiff = (a: number[], b: number[]) => { const n = Math.min(a.length, b.length); for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i; return a.length === b.length ? -1 : n; };
 

@@ -189,6 +189,7 @@ async function single(job: OursSingleJob): Promise<OursSingleResult> {
         ...(job.repack !== undefined ? { repack: job.repack } : {}),
         ...(job.threadpool !== undefined ? { threadpool: job.threadpool } : {}),
         ...(job.flashAttention !== undefined ? { flashAttention: job.flashAttention } : {}),
+        promptCacheSize: 0, // rows measure prompt processing: a repeated prompt must not come from the prompt cache
     };
     reportProgress("ours: loading (cold)");
     let t0 = performance.now();
@@ -267,6 +268,7 @@ async function concurrent(job: OursConcurrentJob): Promise<OursConcurrentResult>
         ...(job.repack !== undefined ? { repack: job.repack } : {}),
         ...(job.threadpool !== undefined ? { threadpool: job.threadpool } : {}),
         ...(job.flashAttention !== undefined ? { flashAttention: job.flashAttention } : {}),
+        promptCacheSize: 0, // rows measure prompt processing: a repeated prompt must not come from the prompt cache
     });
     // Distinct prompts of the same length; each must run its full budget under greedy (checked all together,
     // which also warms up).
@@ -334,6 +336,7 @@ async function defaults(job: OursDefaultsJob): Promise<OursDefaultsResult> {
         ...(job.repack !== undefined ? { repack: job.repack } : {}),
         ...(job.threadpool !== undefined ? { threadpool: job.threadpool } : {}),
         ...(job.flashAttention !== undefined ? { flashAttention: job.flashAttention } : {}),
+        promptCacheSize: 0, // rows measure prompt processing: a repeated prompt must not come from the prompt cache
     });
     const all = () => Promise.all(prompts.map((p) => model.generate(p.text)));
     // Prompts whose calls all run until the cache is shared out ("context"), none stopping at EOS; also the warm-up.

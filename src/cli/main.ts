@@ -7,6 +7,8 @@
  *   phi-agent inspect --model FILE [--json]
  *   phi-agent make-test-model --out FILE [--shape tiny|phi2] [--seed N] [--type f32|f16|q8_0|q4_k_m] [--json]
  *   phi-agent quantize --model FILE --out FILE --type q4_k_m|q8_0|... [--json]
+ *   phi-agent serve --model FILE [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--parallel N] [--device D] [--threads N] ...
+ *   phi-agent agent --redis URL --guild GUILD_ID --model FILE [--agent-id phi_agent] [--agent-name "Phi-2 LLM"] [--device D] [--threads N] ...
  * Errors: one line on stderr; exit code 1, 2 for usage errors (bad flags or values), 130 after Ctrl-C, 141 when
  * stdout is closed by its reader. Every command takes --help; phi-agent --version prints the version.
  */
@@ -26,6 +28,8 @@ import { choiceFlag, intFlag, numberFlag, UsageError } from "./args.js";
 import { COMMON_HELP, HelpShown, modelPath, parseCommand, readStdin, type Command } from "./command.js";
 import { exitOverride, installProcessHandlers, interruptSignal, out, stdoutClosed } from "./process.js";
 import { progressBar } from "./progress.js";
+import { serve } from "./serve.js";
+import { agent } from "./agent.js";
 
 export { UsageError } from "./args.js";
 export { HelpShown, parseCommand, type Command } from "./command.js";
@@ -222,7 +226,7 @@ input file is never replaced.`;
 
 /** name → command. A new command is one line here (its `usage` feeds the help). */
 const COMMANDS: Record<string, Command> = {
-    generate, tokenize, inspect, "make-test-model": makeModel, quantize,
+    generate, tokenize, inspect, "make-test-model": makeModel, quantize, serve, agent,
 };
 
 function version(): string {

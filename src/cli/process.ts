@@ -9,7 +9,9 @@ export const EXIT_SIGINT = 130;
 export const EXIT_SIGPIPE = 141;
 
 const controller = new AbortController();
+const stopController = new AbortController();
 let claimed = false;
+let graceful = false;
 let interrupted = false;
 let pipeClosed = false;
 let installed = false;
@@ -18,6 +20,23 @@ let installed = false;
 export function interruptSignal(): AbortSignal {
     claimed = true;
     return controller.signal;
+}
+
+/**
+ * For long-running commands (a worker): SIGTERM and SIGINT abort the returned signal, once, and the command
+ * shuts down in its own time and exits 0; a second signal exits 130 at once.
+ */
+export function shutdownSignal(): AbortSignal {
+    if (!graceful) {
+        graceful = true;
+        process.on("SIGTERM", onStopSignal);
+    }
+    return stopController.signal;
+}
+
+function onStopSignal(signal: NodeJS.Signals): void {
+    if (stopController.signal.aborted) process.exit(EXIT_SIGINT);
+    stopController.abort(new Error(`stopping (${signal})`));
 }
 
 /** True once stdout's reader has gone away: writes are dropped from then on. */
@@ -37,6 +56,7 @@ export function installProcessHandlers(): void {
     if (installed) return;
     installed = true;
     process.on("SIGINT", () => {
+        if (graceful) return onStopSignal("SIGINT");
         if (interrupted || !claimed) process.exit(EXIT_SIGINT);
         interrupted = true;
         controller.abort(new Error("interrupted (SIGINT)"));

@@ -4,6 +4,7 @@
  * in-memory one without touching them.
  */
 import { PhiAgentError, PhiRangeError, PhiTypeError } from "../errors.js";
+import type { GemstoneGenerator } from "../messages/ids.js";
 import type { Message } from "../messages/message.js";
 
 /** Receives one message. May return a promise; a rejection is reported, never thrown at the publisher. */
@@ -21,6 +22,11 @@ export interface MessagingBackend {
     unsubscribe(namespace: string, topic: string, subscriberId: string): void | Promise<void>;
     /** Releases the backend; later publishes fail. Idempotent. */
     close(): void | Promise<void>;
+    /**
+     * Optional: the id generator a guild on this backend uses instead of its own (a networked backend hands out a
+     * machine id no other process of the guild uses, e.g. leased in Redis).
+     */
+    readonly generator?: GemstoneGenerator | undefined;
 }
 
 export interface InMemoryMessagingBackendOptions {

@@ -6,6 +6,7 @@
 import { PhiRangeError, PhiTypeError } from "../errors.js";
 import { Agent, type AgentClass, type AgentSpec } from "./agent.js";
 import type { MessagingBackend } from "./backend.js";
+import { RedisMessagingBackend, type RedisMessagingBackendOptions } from "./redis/RedisMessagingBackend.js";
 import type { GuildEventListener } from "./events.js";
 import { Guild, type GuildSpec } from "./guild.js";
 
@@ -158,6 +159,7 @@ export class GuildBuilder {
     #description = "";
     readonly #agents: AgentSpec<any>[] = [];
     #backend?: MessagingBackend;
+    #redis?: Omit<RedisMessagingBackendOptions, "namespace">;
     readonly #listeners: GuildEventListener[] = [];
 
     constructor(id?: string, name?: string, description?: string) {
@@ -201,6 +203,23 @@ export class GuildBuilder {
             }
         }
         this.#backend = backend;
+        this.#redis = undefined;
+        return this;
+    }
+
+    /**
+     * Messaging through Redis, wire-compatible with RusticAI's Redis backend, so the guild's agents can live in
+     * several processes (each launching its own agents under the same guild id and URL) and talk with Python
+     * agents of the same guild. launch() connects (rejecting with ERR_MESSAGING_UNAVAILABLE when it cannot),
+     * leases a machine id for the guild's message ids, and shutdown() closes the connection.
+     * `url`: `redis://[user:password@]host:port[/db]`, or `rediss://...` for TLS (then `options.tls`, e.g. `{ ca }`).
+     */
+    setRedisMessaging(url: string, options: Omit<RedisMessagingBackendOptions, "namespace" | "url"> = {}): this {
+        if (typeof url !== "string" || url.length === 0) throw new PhiTypeError(`GuildBuilder.setRedisMessaging: url must be a redis:// or rediss:// URL; got ${JSON.stringify(url)}`);
+        if (options === null || typeof options !== "object") throw new PhiTypeError(`GuildBuilder.setRedisMessaging: options must be an object; got ${options === null ? "null" : typeof options}`);
+        if (!/^rediss?:\/\//.test(url)) throw new PhiRangeError(`GuildBuilder.setRedisMessaging: url must start with redis:// or rediss:// (TLS); got ${JSON.stringify(url.replace(/:[^:@/]*@/, ":***@"))}`);
+        this.#redis = { ...options, url };
+        this.#backend = undefined;
         return this;
     }
 
@@ -220,7 +239,12 @@ export class GuildBuilder {
      * Rejects, after stopping what had started, if an agent fails to start.
      */
     async launch(): Promise<Guild> {
-        return Guild.launch(this.buildSpec(), {
+        const spec = this.buildSpec();
+        if (this.#redis) {
+            const backend = await RedisMessagingBackend.connect({ ...this.#redis, namespace: spec.id });
+            return Guild.launch(spec, { backend, ownsBackend: true, listeners: [...this.#listeners] });
+        }
+        return Guild.launch(spec, {
             ...(this.#backend ? { backend: this.#backend } : {}),
             listeners: [...this.#listeners],
         });

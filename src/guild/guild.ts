@@ -23,6 +23,8 @@ export interface GuildSpec {
 /** @internal — options of Guild.launch. */
 export interface GuildLaunchOptions {
     backend?: MessagingBackend;
+    /** Whether shutdown() closes `backend` (default: only a backend the guild created). */
+    ownsBackend?: boolean;
     listeners?: readonly GuildEventListener[];
 }
 
@@ -35,7 +37,7 @@ export class Guild {
     readonly spec: GuildSpec;
     readonly #backend: MessagingBackend;
     readonly #ownsBackend: boolean;
-    readonly #generator = new GemstoneGenerator();
+    readonly #generator: GemstoneGenerator;
     readonly #agents = new Map<string, Agent<any>>();
     readonly #clients = new Map<string, GuildClient>();
     readonly #listeners = new Set<GuildEventListener>();
@@ -50,7 +52,8 @@ export class Guild {
         this.name = spec.name;
         this.description = spec.description;
         this.#backend = options.backend ?? new InMemoryMessagingBackend();
-        this.#ownsBackend = options.backend === undefined;
+        this.#ownsBackend = options.backend === undefined || options.ownsBackend === true;
+        this.#generator = this.#backend.generator ?? new GemstoneGenerator();
         for (const l of options.listeners ?? []) this.#listeners.add(l);
         const guild = this;
         this.#host = {

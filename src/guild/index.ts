@@ -13,3 +13,8 @@ export { Guild, type GuildSpec, type GuildState } from "./guild.js";
 export { GuildClient, ProbeClient, GuildTimeoutError, type PublishOptions, type RequestOptions } from "./client.js";
 export { InMemoryMessagingBackend, type MessagingBackend, type MessageHandler, type InMemoryMessagingBackendOptions } from "./backend.js";
 export { formatGuildEvent, type AgentEvent, type GuildEvent, type GuildEventBody, type GuildEventListener, type LogLevel } from "./events.js";
+export {
+    RedisMessagingBackend, DEFAULT_MESSAGE_TTL_S, maskRedisUrl, redisOptionsFromUrl, namespacedTopic, positionKey,
+    messageToWire, wireToMessage, wireMessageOf,
+    type RedisMessagingBackendOptions, type RedisBackendEvent, type WireDelivery, type WireHandler,
+} from "./redis/RedisMessagingBackend.js";

@@ -13,7 +13,7 @@ import { checkGbnfTokens, type GbnfVocab } from "../grammar/gbnf.js";
 import { selectDevice } from "./devices.js";
 import { kvCacheBytes } from "./limits.js";
 import { checkText, checkTokens, resolveContext, resolveGenerateOptions, resolveLoadOptions, resolveTokenizeOptions, type ResolvedGenerateOptions } from "./options.js";
-import type { GenerateOptions, GenerationResult, LoadOptions, ModelInfo, TokenChunk, TokenizeOptions } from "./types.js";
+import type { GeneratedTokenLogprob, GenerateOptions, GenerationResult, LoadOptions, ModelInfo, TokenChunk, TokenLogprob, TokenizeOptions } from "./types.js";
 
 /** Rewrites an error's stack to point at the JS caller that started the native work. */
 function withCallerStack<E extends Error>(error: E, caller: Error): E {
@@ -62,10 +62,8 @@ export interface GenerationStream extends AsyncIterable<TokenChunk> {
 export const STREAM_BUFFER_CHUNKS = 64;
 
 /** An AbortError that carries the signal's reason (as `cause`, and in the message). */
-function abortError(what: string, signal: AbortSignal | undefined, caller: Error): AbortError {
-    const reason: unknown = signal?.reason;
-    const why = reason instanceof Error ? reason.message : typeof reason === "string" ? reason : undefined;
-    return withCallerStack(new AbortError(why ? `${what}: ${why}` : what, reason), caller);
+function abortError(what: string, signal: AbortSignal | undefined, caller: Error, cause?: unknown): AbortError {
+    return withCallerStack(cause === undefined ? AbortError.fromSignal(what, signal) : AbortError.fromSignal(what, signal, cause), caller);
 }
 
 interface RunHooks {
@@ -91,7 +89,7 @@ export class PhiModel implements AsyncDisposable {
     static async load(options: LoadOptions): Promise<PhiModel> {
         const caller = new Error();
         const o = resolveLoadOptions(options);
-        if (o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted before it started"), caller);
+        if (o.signal?.aborted) throw abortError("The model load was aborted before it started", o.signal, caller);
 
         // One open descriptor from the check to the end of the load: llama.cpp reads the very file that was checked
         // (a rename or swap of the path meanwhile changes nothing), and the descriptor stays open until the load ends.
@@ -99,7 +97,7 @@ export class PhiModel implements AsyncDisposable {
         let binding: ReturnType<typeof loadBinding>, device: NativeDevice, libraryDir: string, native: NativeModel;
         let gpuLayers: number, contextSize: number, kvSize: number, threads: number, batchThreads: number;
         try {
-            if (o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted before it started"), caller);
+            if (o.signal?.aborted) throw abortError("The model load was aborted before it started", o.signal, caller);
             binding = loadBinding();
             ({ device, libraryDir } = selectDevice(o.device, o.libraryPath));
             gpuLayers = device.type === "cpu" ? 0 : o.gpuLayers === "all" ? hparams.blockCount + 1 : o.gpuLayers;
@@ -122,7 +120,7 @@ export class PhiModel implements AsyncDisposable {
                 }, o.onProgress);
             } catch (err) {
                 const e = err as Error & { code?: string; cause?: unknown };
-                if (e.code === "ERR_ABORTED" || o.signal?.aborted) throw withCallerStack(new AbortError("The model load was aborted", err), caller);
+                if (e.code === "ERR_ABORTED" || o.signal?.aborted) throw abortError("The model load was aborted", o.signal, caller, err);
                 throw withCallerStack(new PhiAgentError("ERR_LOAD_FAILED", e.message, { cause: e.cause ?? err }), caller);
             } finally {
                 o.signal?.removeEventListener("abort", onAbort);
@@ -140,7 +138,7 @@ export class PhiModel implements AsyncDisposable {
         }
         if (o.signal?.aborted) {
             await native.dispose();
-            throw withCallerStack(new AbortError("The model load was aborted"), caller);
+            throw abortError("The model load was aborted", o.signal, caller);
         }
 
         let threadpool = false;
@@ -148,6 +146,7 @@ export class PhiModel implements AsyncDisposable {
             kvSize, contextSize, batchSize: o.batchSize, sequences: o.sequences, threads, batchThreads,
             threadpool: o.threadpool,
             flashAttention: o.flashAttention === "auto" ? -1 : o.flashAttention === "on" ? 1 : 0,
+            promptCacheSize: o.promptCacheSize,
         });
         try {
             threadpool = (await engine.init()).threadpool;
@@ -182,6 +181,7 @@ export class PhiModel implements AsyncDisposable {
                 batchThreads,
                 threadpool,
                 flashAttention: o.flashAttention,
+                promptCacheSize: o.promptCacheSize,
                 libraryPath: libraryDir,
                 llamaCppRelease: libraryRelease(libraryDir),
             },
@@ -338,20 +338,32 @@ export class PhiModel implements AsyncDisposable {
         if (o.signal?.aborted) return Promise.reject(abortError("The generation was aborted before it started", o.signal, caller));
         const captureLogits = hooks.captureLogits ?? false;
         const onToken = o.onToken;
+        // logprobs come with the token events: the result's list is collected from them
+        const logprobs: GeneratedTokenLogprob[] | undefined = o.logprobs >= 0 ? [] : undefined;
         const promise = new Promise<GenerationResult>((resolve, reject) => {
             let id = -1;
             const onAbort = () => engine.cancel(id);
             const settle = () => o.signal?.removeEventListener("abort", onAbort);
             try {
                 id = engine.submit(tokens, {
-                maxTokens: o.maxTokens, stream: onToken !== undefined, temperature: o.temperature, topK: o.topK, topP: o.topP,
+                maxTokens: o.maxTokens, stream: onToken !== undefined || logprobs !== undefined, temperature: o.temperature, topK: o.topK, topP: o.topP,
                 minP: o.minP, repeatPenalty: o.repeatPenalty, presencePenalty: o.presencePenalty,
                 frequencyPenalty: o.frequencyPenalty, repeatLastN: o.repeatLastN, seed: o.seed, stop: o.stop, captureLogits,
+                logprobs: o.logprobs,
                 grammar: o.grammar ?? "",
             }, (kind, payload) => {
                 if (kind === "token") {
+                    let chunk: TokenChunk = { text: payload.text, token: payload.token };
+                    if (logprobs && payload.logprob !== undefined) {
+                        const top: TokenLogprob[] = [];
+                        const ids = payload.topTokens ?? new Int32Array(0);
+                        const lps = payload.topLogprobs ?? new Float32Array(0);
+                        for (let i = 0; i < ids.length; i++) top.push({ token: ids[i]!, logprob: lps[i]! });
+                        chunk = { text: payload.text, token: payload.token, logprob: payload.logprob, topLogprobs: top };
+                        logprobs.push({ token: payload.token, logprob: payload.logprob, topLogprobs: top });
+                    }
                     try {
-                        onToken?.(payload);
+                        onToken?.(chunk);
                     } catch (err) { // a throwing callback cancels the generation and rejects it
                         engine.cancel(id);
                         settle();
@@ -362,6 +374,7 @@ export class PhiModel implements AsyncDisposable {
                 settle();
                 if (kind === "error") return reject(nativeError(payload.code, payload.message, caller));
                 const result = toResult(payload);
+                if (logprobs) result.logprobs = logprobs;
                 if (o.fromJsonSchema && (result.finishReason === "eos" || result.finishReason === "stop")) {
                     try {
                         result.json = JSON.parse(result.text);
@@ -391,11 +404,14 @@ export class PhiModel implements AsyncDisposable {
         return promise;
     }
 
-    /** Queue state of the batching engine (active and waiting generate() calls). */
-    stats(): { active: number; waiting: number } {
+    /**
+     * Queue state of the batching engine: active and waiting generate() calls, and the KV cells that only the
+     * prompt cache holds (README "Prompt cache"; they are evicted when calls need them).
+     */
+    stats(): { active: number; waiting: number; cachedCells: number } {
         const { engine } = this.#live();
         const s = engine.stats();
-        return { active: s.active, waiting: s.waiting };
+        return { active: s.active, waiting: s.waiting, cachedCells: s.cachedCells };
     }
 
     /**
@@ -429,6 +445,7 @@ function toResult(p: NativeDonePayload): GenerationResult {
         finishReason: p.finishReason,
         usage: {
             promptTokens: p.promptTokens,
+            cachedPromptTokens: p.cachedTokens,
             completionTokens: tokens.length,
             promptMs: p.promptMs,
             generationMs: p.generationMs,

@@ -23,6 +23,7 @@ export const OPTION_SCHEMAS = {
     threads: Type.Integer({ minimum: 1, maximum: 1024, description: "CPU threads for decoding (at most the logical CPUs)." }),
     batchThreads: Type.Integer({ minimum: 1, maximum: 1024, description: "CPU threads for prompt processing (at most the logical CPUs)." }),
     gpuLayers: Type.Integer({ minimum: 0, maximum: 100_000, description: "Layers offloaded to the GPU." }),
+    promptCacheSize: Type.Integer({ minimum: 0, maximum: 1 << 24, description: "KV cells that cached prompt prefixes may keep while no call uses them (0 = no prompt cache)." }),
     // generate
     maxTokens: Type.Integer({ minimum: 1, maximum: MAX_CONTEXT, description: "Max tokens to generate." }),
     temperature: Type.Number({ minimum: 0, maximum: 100, description: "0 = greedy." }),
@@ -33,6 +34,7 @@ export const OPTION_SCHEMAS = {
     presencePenalty: Type.Number({ minimum: -100, maximum: 100, description: "0 = off." }),
     frequencyPenalty: Type.Number({ minimum: -100, maximum: 100, description: "0 = off." }),
     repeatLastN: Type.Integer({ minimum: 0, maximum: 1 << 20, description: "Tokens the penalties look back over." }),
+    logprobs: Type.Integer({ minimum: 0, maximum: 20, description: "Most likely alternatives reported with each token's logprob." }),
     // 0xFFFFFFFF is llama.cpp's "random seed"; a caller's seed is any other uint32.
     seed: Type.Integer({ minimum: 0, maximum: 0xfffffffe, description: "Sampling seed (same seed and options, same text)." }),
 } as const satisfies Record<string, TInteger | TNumber>;

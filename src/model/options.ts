@@ -23,11 +23,16 @@ export const LOAD_DEFAULTS = Object.freeze({
     mmap: true,
     /** Chosen from measurements: README "Speed, memory and load time". */
     repack: true,
+    /**
+     * KV cells of decoded prompts kept for reuse (README "Prompt cache"): one Phi-2 context's worth, so a preamble
+     * up to the whole context is reused. They are evicted whenever calls need the cells.
+     */
+    promptCacheSize: 2048,
 });
 
 /**
- * Defaults of generate() options: greedy, no penalties, no limit but the context. The native engine's own
- * fallbacks (native/NativeEngine.*) must match these; `seed` is random per call when not given.
+ * Defaults of generate() options: greedy, no penalties, no limit but the context. The native engine has none of
+ * its own (its submit() requires every field); `seed` is random per call when not given.
  */
 export const GENERATE_DEFAULTS = Object.freeze({
     maxTokens: -1, // -1 = until EOS or the end of the context
@@ -39,6 +44,7 @@ export const GENERATE_DEFAULTS = Object.freeze({
     presencePenalty: 0,
     frequencyPenalty: 0,
     repeatLastN: 64,
+    logprobs: -1, // -1 = off
     truncate: "error" as const,
     stopOnAbort: false,
 });
@@ -94,8 +100,12 @@ function checkSignal(name: string, value: unknown): AbortSignal {
 
 /** Threads beyond the logical CPUs make ggml's spinning workers wait for each other: refused (README "Threads"). */
 function checkThreads(name: "threads" | "batchThreads", value: unknown): number {
-    const n = checkOption(name, value);
     const limit = threadLimit();
+    const min = OPTION_SCHEMAS[name].minimum ?? 1;
+    if (typeof value === "number" && Number.isInteger(value) && value < min) {
+        throw new PhiRangeError(`Expected "${name}" to be between ${min} and ${limit} (the logical CPUs here), got ${value}`);
+    }
+    const n = checkOption(name, value);
     if (n > limit) {
         throw new PhiRangeError(`"${name}" is ${n}, but this machine has ${limit} logical CPU${limit === 1 ? "" : "s"}: ggml's threads wait for each ` +
             `other by spinning, so more threads than CPUs make generation many times slower (README "Threads"). Use at most ${limit}, or leave it unset`);
@@ -177,13 +187,14 @@ export interface ResolvedLoadOptions {
     flashAttention: "auto" | "on" | "off";
     mmap: boolean;
     repack: boolean;
+    promptCacheSize: number;
     libraryPath?: string;
     signal?: AbortSignal;
     onProgress?: (progress: number) => void;
 }
 
 const LOAD_KEYS = new Set(["modelPath", "device", "gpuLayers", "contextSize", "sequences", "kvCacheSize", "batchSize",
-    "threads", "batchThreads", "threadpool", "flashAttention", "mmap", "repack", "libraryPath", "signal", "onProgress"]);
+    "threads", "batchThreads", "threadpool", "flashAttention", "mmap", "repack", "promptCacheSize", "libraryPath", "signal", "onProgress"]);
 
 function checkFlashAttention(v: unknown): "auto" | "on" | "off" {
     if (v === "auto" || v === "on" || v === "off") return v;
@@ -213,6 +224,7 @@ export function resolveLoadOptions(options: unknown): ResolvedLoadOptions {
         flashAttention: o.flashAttention === undefined ? d.flashAttention : checkFlashAttention(o.flashAttention),
         mmap: o.mmap === undefined ? d.mmap : checkBoolean("mmap", o.mmap),
         repack: o.repack === undefined ? d.repack : checkBoolean("repack", o.repack),
+        promptCacheSize: o.promptCacheSize === undefined ? d.promptCacheSize : checkOption("promptCacheSize", o.promptCacheSize),
     };
     if (o.contextSize !== undefined) r.contextSize = checkOption("contextSize", o.contextSize);
     if (o.kvCacheSize !== undefined) r.kvCacheSize = checkOption("kvCacheSize", o.kvCacheSize);
@@ -278,7 +290,7 @@ export function resolveContext(o: ResolvedLoadOptions, hparams: Pick<Phi2HParams
 }
 
 const GENERATE_KEYS = new Set(["maxTokens", "temperature", "topK", "topP", "minP", "repeatPenalty", "presencePenalty",
-    "frequencyPenalty", "repeatLastN", "seed", "stop", "truncate", "signal", "onToken", "stopOnAbort", "jsonSchema", "grammar"]);
+    "frequencyPenalty", "repeatLastN", "seed", "stop", "logprobs", "truncate", "signal", "onToken", "stopOnAbort", "jsonSchema", "grammar"]);
 
 export interface ResolvedGenerateOptions {
     maxTokens: number; // -1 = unlimited
@@ -292,6 +304,7 @@ export interface ResolvedGenerateOptions {
     repeatLastN: number;
     seed: number;
     stop: string[];
+    logprobs: number; // -1 = off
     truncate: "error" | "start";
     stopOnAbort: boolean;
     signal?: AbortSignal;
@@ -324,6 +337,7 @@ export function resolveGenerateOptions(options: unknown): ResolvedGenerateOption
         repeatLastN: o.repeatLastN === undefined ? d.repeatLastN : checkOption("repeatLastN", o.repeatLastN),
         seed: o.seed === undefined ? randomSeed() : checkOption("seed", o.seed),
         stop: [],
+        logprobs: o.logprobs === undefined ? d.logprobs : checkOption("logprobs", o.logprobs),
         truncate: d.truncate,
         stopOnAbort: o.stopOnAbort === undefined ? d.stopOnAbort : checkBoolean("stopOnAbort", o.stopOnAbort),
     };

@@ -31,7 +31,7 @@ export async function quantizeModel(inputPath: string, outputPath: string, optio
     checkOutputPath(outputPath, { inputs: [inputPath], overwrite: options.overwrite === true });
     const threads = options.threads === undefined ? defaultThreads() : checkOption("threads", options.threads);
     await readAndCheckPhi2(inputPath); // llama.cpp's quantizer must never see a file it would abort on
-    if (options.signal?.aborted) throw new AbortError("Quantization was aborted before it started");
+    if (options.signal?.aborted) throw AbortError.fromSignal("Quantization was aborted before it started", options.signal);
     const binding = loadBinding();
     ensureLibrary("cpu");
     const tmp = `${outputPath}.partial-${process.pid}-${randomBytes(4).toString("hex")}`;

@@ -48,6 +48,13 @@ export interface LoadOptions {
      * the weights: more RSS and a slower load). Default: see README "Memory and load time".
      */
     repack?: boolean;
+    /**
+     * KV cells that decoded prompts may keep for reuse once their calls have ended (README "Prompt cache"): a call
+     * whose prompt starts with tokens the engine still holds the KV of (a previous call's prompt and output, or a
+     * running call's) copies that KV instead of decoding it again. Default 2048; 0 turns the cache off. The cells
+     * come out of kvCacheSize and are evicted (least recently used first) whenever calls need them.
+     */
+    promptCacheSize?: number;
     /** Folder holding a llama.cpp build's shared libraries (libllama, libggml*) to use instead of the prebuilt ones. Also PHI_LLAMA_LIB_DIR. */
     libraryPath?: string;
     /** Cancels the load. */
@@ -76,6 +83,21 @@ export interface TokenChunk {
      * generation ended (at EOS or abort: the start of a stop string that never completed, an incomplete character).
      */
     token: number;
+    /** With GenerateOptions.logprobs: this token's log-probability (natural log; absent on the token -1 chunk). */
+    logprob?: number;
+    /** With GenerateOptions.logprobs: the most likely tokens at this step, most likely first. */
+    topLogprobs?: TokenLogprob[];
+}
+
+/** A token id and its log-probability (natural log) under the model's raw next-token distribution. */
+export interface TokenLogprob {
+    token: number;
+    logprob: number;
+}
+
+/** One generated token's log-probability and the most likely alternatives at its step (GenerationResult.logprobs). */
+export interface GeneratedTokenLogprob extends TokenLogprob {
+    topLogprobs: TokenLogprob[];
 }
 
 export interface GenerateOptions {
@@ -111,6 +133,13 @@ export interface GenerateOptions {
     seed?: number;
     /** Generation stops before the first occurrence of any of these. */
     stop?: string[];
+    /**
+     * Report each generated token's log-probability, and this many most likely alternatives at its step (0 to
+     * 20): on every chunk (TokenChunk.logprob, topLogprobs) and in the result (GenerationResult.logprobs). Off by
+     * default. They are the model's raw distribution (log-softmax of the logits), before temperature, top-k/top-p
+     * and penalties. Costs one pass over the vocabulary per token.
+     */
+    logprobs?: number;
     /**
      * What to do with a prompt that does not fit: "error" (default, ContextOverflowError when it is longer than
      * contextSize) or "start": drop its beginning so that maxTokens still fit after it in contextSize (one token
@@ -148,6 +177,8 @@ export type FinishReason = "eos" | "stop" | "length" | "context" | "abort";
 
 export interface GenerationUsage {
     promptTokens: number;
+    /** Prompt tokens whose KV came from the prompt cache instead of being decoded (at most promptTokens - 1). */
+    cachedPromptTokens: number;
     completionTokens: number;
     promptMs: number;
     generationMs: number;
@@ -160,6 +191,8 @@ export interface GenerationResult {
     tokens: number[];
     finishReason: FinishReason;
     usage: GenerationUsage;
+    /** With GenerateOptions.logprobs: one entry per generated token, in order (tokens[i] ↔ logprobs[i]). */
+    logprobs?: GeneratedTokenLogprob[];
 }
 
 export interface DeviceInfo {
@@ -202,6 +235,8 @@ export interface ModelInfo {
         /** A persistent ggml threadpool is attached (LoadOptions.threadpool, when the CPU backend provides one). */
         threadpool: boolean;
         flashAttention: "auto" | "on" | "off";
+        /** LoadOptions.promptCacheSize as used: 0 when the cache is off. */
+        promptCacheSize: number;
         libraryPath: string;
         llamaCppRelease: string;
     };

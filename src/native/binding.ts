@@ -67,6 +67,8 @@ export interface NativeSubmitOptions {
     seed: number;
     stop: string[];
     captureLogits: boolean;
+    /** -1: off; else each token event carries its logprob and this many top alternatives (needs stream). */
+    logprobs: number;
     /** GBNF (start rule "root") the output must match; "" for none. Checked by src/grammar/gbnf.ts first. */
     grammar: string;
 }
@@ -76,6 +78,8 @@ export interface NativeDonePayload {
     tokens: Int32Array;
     finishReason: "eos" | "stop" | "length" | "context" | "abort";
     promptTokens: number;
+    /** Prompt tokens whose KV was reused from the prompt cache. */
+    cachedTokens: number;
     promptMs: number;
     generationMs: number;
     queuedMs: number;
@@ -83,7 +87,7 @@ export interface NativeDonePayload {
 }
 
 export type NativeEvent =
-    | ["token", { text: string; token: number }]
+    | ["token", { text: string; token: number; logprob?: number; topTokens?: Int32Array; topLogprobs?: Float32Array }]
     | ["done", NativeDonePayload]
     | ["error", { code: string; message: string }];
 
@@ -96,7 +100,11 @@ export interface NativeEngine {
     /** A paused request keeps its slot and KV cells but is not decoded until resumed (stream() backpressure). */
     pause(id: number, paused: boolean): void;
     close(): Promise<void>;
-    stats(): { active: number; waiting: number; reservedCells: number };
+    /**
+     * reservedCells: KV cells in use plus those running requests may still write; usedCells: cells in use;
+     * cachedCells: cells only the prompt cache holds (evicted when requests need them).
+     */
+    stats(): { active: number; waiting: number; reservedCells: number; usedCells: number; cachedCells: number };
 }
 
 export interface NativeEngineOptions {
@@ -109,6 +117,8 @@ export interface NativeEngineOptions {
     threadpool: boolean;
     /** llama_flash_attn_type: -1 auto, 0 off, 1 on. */
     flashAttention: -1 | 0 | 1;
+    /** KV cells decoded prompts may keep for reuse (0: no prompt cache). */
+    promptCacheSize: number;
 }
 
 export interface Binding {

@@ -7,7 +7,7 @@
  * embedding. Cycle token i embeds as the one-hot vector e_i; LayerNorm turns it into a vector peaked at dim i; the
  * output row of the next cycle token is 10·e_i, so its logit (~79) beats every other (≤ 0). Real Phi-2 vocabulary.
  */
-import { GGMLType } from "../../src/gguf/types.js";
+import { GGMLType, QUANT_TYPES } from "../../src/gguf/types.js";
 import { kv, writeGGUF, type GGUFTensorSpec } from "../../src/gguf/writer.js";
 import { phi2HParamsKV } from "../../src/testModel/makeTestModel.js";
 import { loadPhi2Vocab, phi2VocabKV, PHI2_VOCAB_SIZE } from "../../src/testModel/vocab.js";
@@ -49,7 +49,7 @@ export async function writeCycleModel(path: string, cycle: readonly number[]): P
         metadata: [
             kv.str("general.architecture", "phi2"),
             kv.str("general.name", "phi2-cycle-test"),
-            kv.u32("general.file_type", 1),
+            kv.u32("general.file_type", QUANT_TYPES.f16),
             ...phi2HParamsKV({ context: 512, embedding: E, ffn: F, layers: 1, heads: 2, rotary: 32 }),
             ...phi2VocabKV(vocab),
         ],

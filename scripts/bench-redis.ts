@@ -1,0 +1,203 @@
+/**
+ * bench-redis: what joining a RusticAI guild over Redis costs, on a redis-server of its own (loopback) and the tiny
+ * test model.
+ *
+ * 1. Per-request overhead (1 generated token, one request at a time): the in-memory guild (GuildBuilder +
+ *    LLMPhiAgent + a client's request()) against our agent host on the Redis backend, asked the way a Python
+ *    guild asks (the request's JSON SET/ZADD/PUBLISHed, the reply read off the channel and parsed). Rounds of
+ *    the two alternate, so load on the machine hits both alike. p50/p99 of each and the difference.
+ * 2. Replica scaling: 1 and then 2 worker processes (`phi-agent agent`, 1 thread each) answering the same burst
+ *    of requests; throughput and its ratio.
+ *
+ *   node dist/scripts/bench-redis.js [--requests N] [--rounds N] [--burst N] [--tokens N] [--json]
+ *   (wrap in `flock /work/wt/bench.lock` on a shared machine)
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import os from "node:os";
+import path from "node:path";
+import { performance } from "node:perf_hooks";
+import type { Redis } from "ioredis";
+import { LLMPhiAgent, PhiAgentProps } from "../src/agent/index.js";
+import { AgentBuilder, GuildBuilder } from "../src/guild/index.js";
+import { AgentHost } from "../src/guild/rustic/AgentHost.js";
+import { joinRedisGuild } from "../src/guild/rustic/join.js";
+import { SystemFormats } from "../src/guild/rustic/protocol.js";
+import { GenerationPromptRequest } from "../src/messages/formats.js";
+import { GemstoneIdGenerator, gemstoneParts, parseWireMessage, readWireMessage, serializeWireMessage } from "../src/messages/wire/index.js";
+import { ensureTestModel } from "../src/testModel/makeTestModel.js";
+import { startRedisServer, type RedisServer } from "../test/helpers/redis.js";
+import { cpuSnapshot, fmtMs, repoRoot, waitForQuiet, type CpuSnapshot } from "./bench-lib/common.js";
+import { choiceFlag, intFlag, scriptArgs } from "./args.js";
+
+const USAGE = `Usage: node dist/scripts/bench-redis.js [--requests N] [--rounds N] [--burst N] [--tokens N] [--only overhead|replicas] [--json]
+  --requests  requests per round of the overhead rows (default 50), --rounds rounds of each (default 4)
+  --burst     requests of the replica rows (default 96), --tokens tokens generated per burst request (default 24)`;
+
+const opts = scriptArgs("bench-redis", USAGE, {
+    requests: { type: "string" }, rounds: { type: "string" }, burst: { type: "string" }, tokens: { type: "string" }, json: { type: "boolean" },
+    only: { type: "string" },
+}, (v) => ({
+    only: choiceFlag("only", v.only, ["overhead", "replicas"] as const),
+    requests: intFlag("requests", v.requests, 1) ?? 50,
+    rounds: intFlag("rounds", v.rounds, 1) ?? 4,
+    burst: intFlag("burst", v.burst, 1) ?? 96,
+    tokens: intFlag("tokens", v.tokens, 1) ?? 24,
+    json: v.json === true,
+}));
+
+const PROMPT = "The benefits of multi-agent systems include";
+const REQUEST_TEMPLATE = JSON.stringify({
+    sender: { id: "probe", name: "Probe" }, topics: "default_topic", recipient_list: [], payload: { generation_prompt: PROMPT },
+    format: GenerationPromptRequest.format, in_response_to: null, thread: [1], conversation_id: null, forward_header: null,
+    routing_slip: null, message_history: [], ttl: null, is_error_message: false, traceparent: null, session_state: null,
+    topic_published_to: "default_topic", enrich_with_history: 0, process_status: null, origin_guild_stack: [], id: 1, priority: 4, timestamp: 0.0,
+});
+
+/** Share of the machine's CPU capacity in use between two snapshots (all processes, ours included). */
+function busyShare(a: CpuSnapshot | undefined, b: CpuSnapshot | undefined): number {
+    if (!a || !b || b.at <= a.at) return NaN;
+    return Math.min(1, (b.busyMs - a.busyMs) / ((b.at - a.at) * os.availableParallelism()));
+}
+
+async function quiet(what: string): Promise<number> {
+    return waitForQuiet(0.3, 60_000, (busy) => process.stderr.write(`${what}: waiting for the machine to calm down (others use ${(busy * 100).toFixed(0)}%)\n`));
+}
+
+function pct(xs: number[], p: number): number {
+    const s = [...xs].sort((a, b) => a - b);
+    return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+}
+
+/** A Python-like client: publishes request JSON as RusticAI's Redis store does and waits for the reply on the channel. */
+class PyClient {
+    readonly #ids = new GemstoneIdGenerator(1);
+    readonly #waits = new Map<bigint, (t: number) => void>();
+    private constructor(readonly redis: Redis, readonly sub: Redis, readonly guild: string) {}
+
+    static async open(server: RedisServer, guild: string, topics: string[]): Promise<PyClient> {
+        const c = new PyClient(await server.client(), await server.client(), guild);
+        c.sub.on("message", (_ch: string, text: string) => {
+            const r = parseWireMessage(text);
+            if (!r.ok || r.message.in_response_to === null || r.message.format === SystemFormats.HEARTBEAT) return;
+            const w = c.#waits.get(r.message.in_response_to);
+            if (w) { c.#waits.delete(r.message.in_response_to); w(performance.now()); }
+        });
+        await c.sub.subscribe(...topics.map((t) => `${guild}:${t}`));
+        return c;
+    }
+
+    /** Publishes one request (SET msg EX + ZADD pipeline, PUBLISH); resolves with the ms until its reply came. */
+    async request(payload: Record<string, unknown>): Promise<number> {
+        const m = readWireMessage(REQUEST_TEMPLATE);
+        const id = this.#ids.next();
+        const json = serializeWireMessage({ ...m, id, thread: [id], payload: payload as never });
+        const t0 = performance.now();
+        const replied = new Promise<number>((resolve) => this.#waits.set(id, resolve));
+        const ns = `${this.guild}:default_topic`;
+        await this.redis.pipeline().set(`msg:${this.guild}:${id}`, json, "EX", 3600).zadd(ns, gemstoneParts(id).timestamp, json).exec();
+        await this.redis.publish(ns, json);
+        return (await replied) - t0;
+    }
+}
+
+async function overhead(server: RedisServer, modelPath: string) {
+    const props = { modelPath, device: "cpu" as const, threads: 1, contextSize: 256, maxNewTokens: 1 };
+    // the in-memory guild
+    const spec = new AgentBuilder(LLMPhiAgent).setId("phi_agent").setName("Phi-2 LLM").setProperties(new PhiAgentProps(props)).buildSpec();
+    const guild = await new GuildBuilder("bench_guild").addAgentSpec(spec).launch();
+    await guild.agent<LLMPhiAgent>("phi_agent")!.ready();
+    const client = guild.client("bench_client");
+    // our agent host on Redis, with claims (as the worker runs it)
+    const joined = await joinRedisGuild({ url: server.url, guildId: "bench-redis", agentId: "phi_agent" });
+    const host = new AgentHost({ backend: joined.backend, guildId: "bench-redis", props, ids: joined.ids, claims: joined.claims, history: joined.history, publishAnswer: joined.publishAnswer });
+    await host.start();
+    const py = await PyClient.open(server, "bench-redis", ["default_topic", "error_topic"]);
+    const mem: number[] = [];
+    const red: number[] = [];
+    const payload = GenerationPromptRequest.create({ generation_prompt: PROMPT });
+    const foreign = await quiet("overhead");
+    // warm-up
+    for (let i = 0; i < 5; i++) { await client.request("default_topic", payload); await py.request({ generation_prompt: PROMPT }); }
+    for (let r = 0; r < opts.rounds; r++) {
+        for (let i = 0; i < opts.requests; i++) {
+            const t0 = performance.now();
+            await client.request("default_topic", payload);
+            mem.push(performance.now() - t0);
+        }
+        for (let i = 0; i < opts.requests; i++) red.push(await py.request({ generation_prompt: PROMPT }));
+        process.stderr.write(`\roverhead: round ${r + 1}/${opts.rounds}`);
+    }
+    process.stderr.write("\n");
+    await host.stop();
+    await joined.close();
+    await guild.shutdown();
+    py.redis.disconnect();
+    py.sub.disconnect();
+    return {
+        foreignBefore: foreign,
+        inMemory: { p50: pct(mem, 50), p99: pct(mem, 99), n: mem.length },
+        redis: { p50: pct(red, 50), p99: pct(red, 99), n: red.length },
+        overheadP50: pct(red, 50) - pct(mem, 50),
+        overheadP99: pct(red, 99) - pct(mem, 99),
+    };
+}
+
+async function burst(server: RedisServer, modelPath: string, replicas: number) {
+    const guild = `bench-replicas-${replicas}`;
+    const cli = path.join(repoRoot(), "dist", "src", "cli", "main.js");
+    const py = await PyClient.open(server, guild, ["default_topic", "heartbeat"]);
+    const ready = new Map<string, () => void>();
+    py.sub.on("message", (_ch: string, text: string) => {
+        const r = parseWireMessage(text);
+        if (!r.ok || r.message.format !== SystemFormats.HEARTBEAT) return;
+        const replica = (r.message.payload.checkmeta as { replica_id?: string } | undefined)?.replica_id;
+        if (replica) ready.get(replica)?.();
+    });
+    const children: ChildProcess[] = [];
+    const up: Promise<void>[] = [];
+    for (let i = 0; i < replicas; i++) {
+        const id = `b${i}`;
+        up.push(new Promise((resolve) => ready.set(id, resolve)));
+        children.push(spawn(process.execPath, [cli, "agent", "--redis", server.url, "--guild", guild, "--model", modelPath, "--device", "cpu",
+            "--threads", "1", "--context-size", "1024", "--replica-id", id], { stdio: ["ignore", "ignore", "ignore"] }));
+    }
+    await Promise.all(up);
+    const foreign = await quiet(`${replicas} replica(s)`);
+    const c0 = cpuSnapshot();
+    const t0 = performance.now();
+    await Promise.all(Array.from({ length: opts.burst }, (_, i) => py.request({ generation_prompt: `Request ${i}: ${PROMPT}`, max_tokens: opts.tokens })));
+    const seconds = (performance.now() - t0) / 1000;
+    const busy = busyShare(c0, cpuSnapshot());
+    for (const c of children) c.kill("SIGTERM");
+    await Promise.all(children.map((c) => once(c, "exit")));
+    py.redis.disconnect();
+    py.sub.disconnect();
+    return { replicas, requests: opts.burst, seconds, requestsPerSecond: opts.burst / seconds, tokensPerSecond: (opts.burst * opts.tokens) / seconds, foreignBefore: foreign, machineBusy: busy };
+}
+
+const server = await startRedisServer({ persist: false });
+try {
+    const modelPath = await ensureTestModel({ shape: "tiny", type: "q8_0", seed: 1 });
+    const o = opts.only === "replicas" ? undefined : await overhead(server, modelPath);
+    const one = opts.only === "overhead" ? undefined : await burst(server, modelPath, 1);
+    const two = opts.only === "overhead" ? undefined : await burst(server, modelPath, 2);
+    const result = { cpus: os.cpus().length, overhead: o, replicas: one && two ? [one, two] : [], scaling: one && two ? two.requestsPerSecond / one.requestsPerSecond : undefined };
+    if (opts.json) process.stdout.write(JSON.stringify(result) + "\n");
+    if (!opts.json && o) {
+        process.stdout.write(`per request, 1 token, one at a time (${o.inMemory.n} each; others used ${(o.foreignBefore * 100).toFixed(0)}% of the CPUs before):\n`);
+        process.stdout.write(`  in-memory guild          p50 ${fmtMs(o.inMemory.p50)}  p99 ${fmtMs(o.inMemory.p99)}\n`);
+        process.stdout.write(`  Redis (agent host)       p50 ${fmtMs(o.redis.p50)}  p99 ${fmtMs(o.redis.p99)}\n`);
+        process.stdout.write(`  Redis overhead           p50 ${fmtMs(o.overheadP50)}  p99 ${fmtMs(o.overheadP99)}\n`);
+    }
+    if (!opts.json && one && two) {
+        process.stdout.write(`replicas (${opts.burst} requests × ${opts.tokens} tokens, 1 thread each, ${os.cpus().length} CPUs):\n`);
+        for (const r of [one, two]) {
+            process.stdout.write(`  ${r.replicas} replica(s)  ${r.requestsPerSecond.toFixed(1)} req/s  ${r.tokensPerSecond.toFixed(0)} tok/s  (${r.seconds.toFixed(2)} s; ` +
+                `others used ${(r.foreignBefore * 100).toFixed(0)}% of the CPUs just before, the machine was ${(r.machineBusy * 100).toFixed(0)}% busy during)\n`);
+        }
+        process.stdout.write(`  scaling 2/1: ${result.scaling!.toFixed(2)}×\n`);
+    }
+} finally {
+    await server.stop();
+}
