@@ -76,6 +76,7 @@
     X(llama_sampler_init_grammar)           \
     X(llama_sampler_accept)                 \
     X(llama_sampler_apply)                  \
+    X(llama_sampler_clone)                  \
     X(llama_sampler_sample)                 \
     X(llama_sampler_free)                   \
     X(llama_print_system_info)              \

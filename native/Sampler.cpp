@@ -69,6 +69,23 @@ std::string Piece(const llama_vocab* vocab, llama_token token) {
     return piece;
 }
 
+// Whether GBNF text refers to tokens: a '<' outside string literals, character classes and comments.
+bool HasTokenRefs(const std::string& g) {
+    for (size_t i = 0; i < g.size(); i++) {
+        const char c = g[i];
+        if (c == '#') {
+            while (i < g.size() && g[i] != '\n' && g[i] != '\r') i++;
+        } else if (c == '"' || c == '[') {
+            const char close = c == '"' ? '"' : ']';
+            for (i++; i < g.size() && g[i] != close; i++)
+                if (g[i] == '\\') i++;
+        } else if (c == '<') {
+            return true;
+        }
+    }
+    return false;
+}
+
 }  // namespace
 
 // The vocabulary by the first byte of each token's text (what a grammar can rule out by one check of the byte).
@@ -114,6 +131,7 @@ void RequestSampler::SetGrammar(LoadedModel& model, const std::string& grammar) 
         throw std::invalid_argument("llama.cpp refused the grammar" + (log.empty() ? std::string() : ": " + log));
     }
     grammar_.reset(g);
+    tokenRefs_ = HasTokenRefs(grammar);
 }
 
 void RequestSampler::Build(const LoadedModel& model, const SamplingParams& s, const std::vector<llama_token>& prompt) {
@@ -211,7 +229,7 @@ llama_token RequestSampler::Masked(std::string* pending) {
     allowed.fill(true);  // a byte without a one-byte token cannot be ruled out this way
     for (size_t i = 0; i < probeByte.size(); i++) allowed[(size_t)probeByte[i]] = probe[i].logit != -INFINITY;
     order_.clear();
-    if (maskWhole_) allowed.fill(true);
+    if (maskWhole_ || tokenRefs_) allowed.fill(true);
     for (int b = 0; b < 256; b++) {
         if (!allowed[b]) continue;
         for (llama_token id : index.byFirstByte[b]) order_.push_back(llama_token_data{id, base_[(size_t)id], 0.0f});
@@ -226,7 +244,7 @@ llama_token RequestSampler::Masked(std::string* pending) {
     float best = -INFINITY;
     size_t done = 0;
     std::vector<float> before;
-    for (size_t chunk = mode_ == Pick::All || maskWhole_ ? n : 64; done < n; chunk *= 8) {
+    for (size_t chunk = mode_ == Pick::All || maskWhole_ || tokenRefs_ ? n : 64; done < n; chunk *= 8) {
         const size_t end = std::min(n, done + std::max<size_t>(chunk, 1));
         // the next best logits: every candidate after `end` is at most as high as any before it
         if (end < n) std::nth_element(order_.begin() + (ptrdiff_t)done, order_.begin() + (ptrdiff_t)end, order_.end(), better);
@@ -257,14 +275,43 @@ llama_token RequestSampler::Masked(std::string* pending) {
         }
         if (mode_ == Pick::MinP && lowest < best + logf(minP_)) break;
     }
-    if (valid_.empty()) NothingAllowed();
     // the pick sees the allowed tokens in token order, as it would see the whole vocabulary with the rest at -inf
     std::sort(valid_.begin(), valid_.end(), [](const llama_token_data& a, const llama_token_data& b) { return a.id < b.id; });
-    llama_token_data_array some{valid_.data(), valid_.size(), -1, false};
-    api.llama_sampler_apply(pick_.get(), &some);
-    const llama_token token = Selected(some);
-    Extends(token, pending);
-    return token;
+    for (;;) {
+        if (valid_.empty()) NothingAllowed();
+        pickFrom_.assign(valid_.begin(), valid_.end());  // the pick reorders and truncates what it is given
+        llama_token_data_array some{pickFrom_.data(), pickFrom_.size(), -1, false};
+        api.llama_sampler_apply(pick_.get(), &some);
+        const llama_token token = Selected(some);
+        // accepted into the grammar here; with token references llama.cpp's check can pass what its accept refuses
+        // (see tokenRefs_): then the token is dropped and the pick made again
+        if (api.llama_vocab_is_eog(model_->Vocab(), token) || AcceptGrammar(token)) {
+            Extends(token, pending);
+            return token;
+        }
+        valid_.erase(std::find_if(valid_.begin(), valid_.end(), [token](const llama_token_data& v) { return v.id == token; }));
+    }
+}
+
+bool RequestSampler::AcceptGrammar(llama_token token) {
+    const LlamaApi& api = LlamaLib::Api();
+    if (!tokenRefs_) {
+        try {
+            api.llama_sampler_accept(grammar_.get(), token);
+        } catch (const std::exception& e) {  // llama.cpp throws when a token empties its parse stacks; the check rules that out
+            throw std::runtime_error(std::string("the grammar could not accept the token: ") + e.what());
+        }
+        return true;
+    }
+    SamplerPtr copy(api.llama_sampler_clone(grammar_.get()));
+    if (!copy) throw std::runtime_error("could not copy the grammar");
+    try {
+        api.llama_sampler_accept(copy.get(), token);
+    } catch (const std::exception&) {
+        return false;  // the copy is thrown away; the grammar is as it was
+    }
+    grammar_ = std::move(copy);
+    return true;
 }
 
 llama_token RequestSampler::Sample(llama_context* ctx, int32_t idx) {
@@ -289,20 +336,15 @@ llama_token RequestSampler::Sample(llama_context* ctx, int32_t idx) {
         const bool fits = !maskAlways_ && Fits(token, &pending);
         const int64_t t2 = NowUs();
         checkUs_ += t2 - t1;
-        if (!fits) {
-            // The grammar rejects the chain's choice: pick again among the tokens it allows.
+        const bool eog = api.llama_vocab_is_eog(model_->Vocab(), token);
+        if (!fits || !(eog || AcceptGrammar(token))) {
+            // The grammar rejects the chain's choice: pick again among the tokens it allows (Masked() accepts it
+            // into the grammar).
             masked_count_++;
             token = Masked(&pending);
-            maskUs_ += NowUs() - t2;
         }
-        if (!api.llama_vocab_is_eog(model_->Vocab(), token)) {
-            try {
-                api.llama_sampler_accept(grammar_.get(), token);
-            } catch (const std::exception& e) {  // llama.cpp throws when a token empties its parse stacks; Fits() rules that out
-                throw std::runtime_error(std::string("the grammar could not accept the token: ") + e.what());
-            }
-            pending_ = pending;
-        }
+        maskUs_ += NowUs() - t2;
+        if (!api.llama_vocab_is_eog(model_->Vocab(), token)) pending_ = pending;
     }
     if (penalties_) api.llama_sampler_accept(penalties_.get(), token);
     api.llama_sampler_accept(pick_.get(), token);

@@ -64,7 +64,9 @@ private:
     bool Fits(llama_token token, std::string* pending) { return Extends(token, pending) && GrammarAllows(token); }
     // Copies `logits` into cur_ (one entry per token, by id).
     void Fill(const float* logits);
-    // The pick among the tokens the grammar allows. It checks only tokens whose first byte the grammar allows (one
+    // Accepts `token` into the grammar; false (the grammar unchanged) when llama.cpp's accept refuses it.
+    bool AcceptGrammar(llama_token token);
+    // The pick among the tokens the grammar allows, accepted into the grammar. It checks only tokens whose first byte the grammar allows (one
     // check of the 256 one-byte tokens rules out the rest), and for Greedy, TopK and MinP only the best of those,
     // in growing chunks, until nothing unchecked could change the pick.
     llama_token Masked(std::string* pending);
@@ -79,6 +81,12 @@ private:
     // llama.cpp's plain grammar-first sampling, to compare against.
     bool maskAlways_ = false;
     bool maskWhole_ = false;
+    // The grammar refers to tokens (<[id]>, <text>, !<...>): a token can then fit where its first byte alone does
+    // not, so Masked() checks every token (no first-byte filter); and llama.cpp's check can pass a token that its
+    // accept then rejects (characters, then a token reference, inside one token: the check matches the whole token
+    // against the reference, the accept does not), so a token is accepted on a copy of the grammar first.
+    bool tokenRefs_ = false;
+    std::vector<llama_token_data> pickFrom_;
     int32_t topK_ = 0;
     float minP_ = 0;
     std::vector<llama_token_data> cur_;

@@ -85,6 +85,17 @@ describe("typed output (jsonSchema, grammar)", function () {
             }
         });
 
+        it("token references: <[id]>, <text> and !<[id]> (a multi-character token fits though its first byte alone does not)", async function () {
+            const [the] = model.tokenize(" the");
+            const r = await model.generate("Output:", { grammar: `root ::= <[${the}]> "." | "x" <[${the}]>`, maxTokens: 5 });
+            expect(r.finishReason).to.equal("eos");
+            expect(r.text).to.be.oneOf([" the.", "x the"]);
+            const n = await model.generate("Output:", { grammar: `root ::= !<[${the}]> "."`, maxTokens: 5, temperature: 1, seed: 3 });
+            expect(n.finishReason).to.equal("eos");
+            expect(n.tokens[0]).to.not.equal(the);
+            expect(n.text.endsWith(".")).to.equal(true);
+        });
+
         it("with a grammar, a stop string ends the text only where the grammar's document is complete", async function () {
             // [a-z ]{1,40}: complete after every character; a stop string taken from the middle of the output stops there
             const free = await model.generate("Output:", { grammar: "root ::= [a-z ]{8,40}\n", maxTokens: 80 });

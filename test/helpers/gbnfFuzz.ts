@@ -29,7 +29,7 @@ export function randomGrammars(seed: number, count: number, seeds: readonly stri
             case 0: return `"${Array.from({ length: int(1, 3) }, () => (r() < 0.01 ? pick(BAD_CHARS) : pick(LITERAL_CHARS))).join("")}"`;
             case 1: return pick(CLASSES);
             case 2: return pick(names);
-            case 3: return r() < 0.5 ? "." : `<[${pick([0, 13, 50256, 51199, 99999, 4294967296])}]>`;
+            case 3: return r() < 0.5 ? "." : `${r() < 0.3 ? "!" : ""}<[${pick([0, 13, 262, 464, 50256, 51199, 99999, 4294967296])}]>`;
             case 4: return `"${pick(["x", "y", "{", "}", ","])}"`;
             case 5: return `(${alternatives(depth - 1, names)})`;
             default: {
