@@ -127,6 +127,27 @@ describe("server: Ollama API (ollama client)", function () {
         expect(r.logprobs!.map((x) => x.token).join("")).to.equal(r.response);
     });
 
+    it("format \"json\" and a JSON schema: the response is JSON (matching the schema)", async function () {
+        const schema = { type: "object", properties: { ok: { type: "boolean" }, n: { type: "integer", minimum: 1, maximum: 9 } }, required: ["ok", "n"], additionalProperties: false };
+        let finished = 0;
+        for (const seed of [1, 2, 3]) {
+            const any = await ollama.generate({ model: MODEL, prompt: "JSON:", stream: false, format: "json", options: { seed, temperature: 0.8, num_predict: 200 } });
+            if (any.done_reason === "stop") {
+                expect(JSON.parse(any.response ?? "")).to.be.an("object");
+                finished++;
+            }
+            const typed = await ollama.chat({ model: MODEL, messages: [{ role: "user", content: "ok and n" }], stream: false, format: schema, options: { seed, temperature: 0.8, num_predict: 200 } });
+            if (typed.done_reason === "stop") {
+                const v = JSON.parse(typed.message.content) as { ok: unknown; n: unknown };
+                expect(Object.keys(v).sort()).to.deep.equal(["n", "ok"]);
+                expect(v.ok).to.be.a("boolean");
+                expect(v.n).to.be.oneOf([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+                finished++;
+            }
+        }
+        expect(finished, "most constrained outputs finish within 200 tokens").to.be.at.least(3);
+    });
+
     it("errors are the client's ResponseError with the server's message and status", async function () {
         const unknown = await ollama.generate({ model: "llama3", prompt: "x", stream: false }).catch((e: unknown) => e) as ResponseErrorLike;
         expect(unknown.name).to.equal("ResponseError");
@@ -135,7 +156,7 @@ describe("server: Ollama API (ollama client)", function () {
         const bad = await ollama.generate({ model: MODEL, prompt: "x", stream: false, options: { temperature: -1 } }).catch((e: unknown) => e) as ResponseErrorLike;
         expect(bad.status_code).to.equal(400);
         expect(bad.error).to.match(/options\.temperature/);
-        const json = await ollama.generate({ model: MODEL, prompt: "x", stream: false, format: "json" }).catch((e: unknown) => e) as ResponseErrorLike;
+        const json = await ollama.generate({ model: MODEL, prompt: "x", stream: false, format: 42 as never }).catch((e: unknown) => e) as ResponseErrorLike;
         expect(json.status_code).to.equal(400);
         expect(json.error).to.match(/format/);
         const streamed = await ollama.generate({ model: MODEL, prompt: "word ".repeat(600), stream: true }).catch((e: unknown) => e) as ResponseErrorLike;

@@ -185,14 +185,48 @@ describe("server: OpenAI API (openai client)", function () {
         expect((n as BadRequestError).code).to.equal("not_supported");
         expect((n as BadRequestError).param).to.equal("n");
 
-        const json = await openai.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "x" }], response_format: { type: "json_object" } }).catch((e: unknown) => e);
-        expect(json).to.be.instanceOf(BadRequestError);
-        expect((json as BadRequestError).code).to.equal("not_supported");
-        expect((json as BadRequestError).param).to.equal("response_format");
+        const noSchema = await openai.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "x" }], response_format: { type: "json_schema" } as never }).catch((e: unknown) => e);
+        expect(noSchema).to.be.instanceOf(BadRequestError);
+        expect((noSchema as BadRequestError).param).to.equal("response_format.json_schema.schema");
+        const unsupported = await openai.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "x" }],
+            response_format: { type: "json_schema", json_schema: { name: "s", schema: { type: "string", pattern: "^a+$" } } } }).catch((e: unknown) => e);
+        expect(unsupported).to.be.instanceOf(BadRequestError);
+        expect((unsupported as Error).message).to.match(/pattern/);
 
         const tool = await openai.chat.completions.create({ model: MODEL, messages: [{ role: "tool", content: "x", tool_call_id: "1" }] }).catch((e: unknown) => e);
         expect(tool).to.be.instanceOf(BadRequestError);
         expect((tool as BadRequestError).code).to.equal("not_supported");
+    });
+
+    it("response_format json_object and json_schema: the content is JSON (matching the schema), streamed or not", async function () {
+        const schema = { type: "object", properties: { name: { type: "string", maxLength: 12 }, age: { type: "integer", minimum: 0, maximum: 150 } },
+            required: ["name", "age"], additionalProperties: false };
+        const finished: unknown[] = [];
+        for (const seed of [1, 2, 3]) {
+            const any = await openai.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "A JSON object, please" }],
+                response_format: { type: "json_object" }, max_tokens: 200, temperature: 0.8, seed });
+            if (any.choices[0]!.finish_reason === "stop") {
+                const v = JSON.parse(any.choices[0]!.message.content!) as unknown;
+                expect(v).to.be.an("object").and.not.an("array");
+                finished.push(v);
+            }
+            const typed = await openai.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "Name and age" }],
+                response_format: { type: "json_schema", json_schema: { name: "person", schema } }, max_tokens: 200, temperature: 0.8, seed, stream: true });
+            let text = "";
+            let reason: string | null = null;
+            for await (const chunk of typed) {
+                text += chunk.choices[0]?.delta.content ?? "";
+                reason = chunk.choices[0]?.finish_reason ?? reason;
+            }
+            if (reason === "stop") {
+                const v = JSON.parse(text) as { name: unknown; age: unknown };
+                expect(Object.keys(v).sort()).to.deep.equal(["age", "name"]);
+                expect(v.name).to.be.a("string").with.length.at.most(12);
+                expect(Number.isInteger(v.age) && (v.age as number) >= 0 && (v.age as number) <= 150, text).to.equal(true);
+                finished.push(v);
+            }
+        }
+        expect(finished.length, "most constrained outputs finish within 200 tokens").to.be.at.least(3);
     });
 
     it("a prompt longer than the context is a 400 before any stream byte", async function () {
