@@ -5,6 +5,7 @@
  */
 import { expect } from "chai";
 import { loadBinding } from "../src/native/binding.js";
+import { prng } from "../scripts/malformed-corpus.js";
 
 type Ending = "eos" | "length" | "abort";
 const enc = new TextEncoder();
@@ -69,17 +70,6 @@ describe("TextStream (native, through textStreamRun)", function () {
     });
 
     describe("property: chunks always add up to the text, and no stop string appears in it (10 000 seeded cases)", function () {
-        // mulberry32: small, seeded, reproducible
-        function prng(seed: number) {
-            let a = seed >>> 0;
-            return () => {
-                a = (a + 0x6d2b79f5) >>> 0;
-                let t = a;
-                t = Math.imul(t ^ (t >>> 15), t | 1);
-                t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-                return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-            };
-        }
         const ALPHABET = ["a", "b", "x", "y", " ", "\n", "é", "ü", "日", "本", "🤖", "👩"];
         const SEED = 20261202;
         const CASES = 10_000;

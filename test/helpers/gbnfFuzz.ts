@@ -3,16 +3,7 @@
  * them and of llama.cpp's shipped grammars (characters deleted, inserted, swapped), so that both sides of every
  * check get exercised, with a few of each known trap (bad escapes, x{3,1}, repetitions past 2000...).
  */
-function rng(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-        a = (a + 0x6d2b79f5) >>> 0;
-        let t = a;
-        t = Math.imul(t ^ (t >>> 15), t | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-}
+import { prng as rng } from "../../scripts/malformed-corpus.js";
 
 const NAMES = ["root", "a", "b", "item", "list", "ws", "x-1", "val", "root-2"];
 const LITERAL_CHARS = ["a", "b", "z", " ", "é", "日", "\\n", "\\t", "\\\"", "\\\\", "\\x41", "\\u00e9", "\\U0001F600", "-", "]", "["];

@@ -2,17 +2,8 @@
  * Generators for test/grammar.property.test.ts: random JSON Schemas of the supported keywords (bounded so that a
  * random-weight model finishes them), and a tiny regular-expression AST written both as GBNF and as a RegExp.
  */
-/** mulberry32: a small seeded PRNG, so every run tests the same cases. */
-export function rng(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-        a = (a + 0x6d2b79f5) >>> 0;
-        let t = a;
-        t = Math.imul(t ^ (t >>> 15), t | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-}
+/** mulberry32 (seeded, so every run tests the same cases): the one in scripts/malformed-corpus.ts. */
+export { prng as rng } from "../../scripts/malformed-corpus.js";
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type Schema = Record<string, unknown>;
