@@ -13,7 +13,7 @@
  * every pick, still by first byte and best logits first), "full" (mask the whole vocabulary before every pick:
  * llama.cpp's plain grammar-first sampling). With --stats, the sampler prints per request where its time went.
  * The model is the project's random-weight phi2 GGUF (ensureTestModel, cached under models/). Wrap runs in
- * `flock /work/wt/bench.lock` (or any lock) so that benchmarks never overlap.
+ * `flock "$BENCH_LOCK"` (or any lock) so that benchmarks never overlap.
  */
 import { PhiModel, type GenerateOptions, type GenerationResult } from "../src/index.js";
 import { ensureTestModel, TEST_MODEL_SHAPES, TEST_MODEL_TYPES } from "../src/testModel/makeTestModel.js";

@@ -9,7 +9,7 @@
  *   node dist/scripts/bench-prefix.js [--llama-server PATH] [--threads N] [--preamble 1500] [--suffix 20]
  *                                     [--warm 3] [--type q4_k_m] [--shape phi2] [--no-span] [--json out.json]
  *
- * Run benches one at a time: flock /work/wt/bench.lock npm run bench:prefix -- --llama-server PATH (any lock file).
+ * Run benches one at a time: flock "$BENCH_LOCK" npm run bench:prefix -- --llama-server PATH (any lock file).
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";

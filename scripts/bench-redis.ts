@@ -10,7 +10,7 @@
  *    of requests; throughput and its ratio.
  *
  *   node dist/scripts/bench-redis.js [--requests N] [--rounds N] [--burst N] [--tokens N] [--json]
- *   (wrap in `flock /work/wt/bench.lock` on a shared machine)
+ *   (wrap in `flock "$BENCH_LOCK"` on a shared machine)
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
