@@ -4,8 +4,9 @@
  *
  * 1. Per-request overhead (1 generated token, one request at a time): the in-memory guild (GuildBuilder +
  *    LLMPhiAgent + a client's request()) against our agent host on the Redis backend, asked the way a Python
- *    guild asks (the request's JSON SET/ZADD/PUBLISHed, the reply read off the channel and parsed). Rounds of
- *    the two alternate, so load on the machine hits both alike. p50/p99 of each and the difference.
+ *    guild asks, from another process as a Python guild is (bench-lib/redis-client.ts: the request's JSON
+ *    SET/ZADD/PUBLISHed, the reply read off the channel and parsed). The two take turns request by request, so
+ *    load on the machine hits both alike. p50/p99 of each and the difference.
  * 2. Replica scaling: 1 and then 2 worker processes (`phi-agent agent`, 1 thread each) answering the same burst
  *    of requests; throughput and its ratio.
  *
@@ -17,17 +18,17 @@ import { once } from "node:events";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import type { Redis } from "ioredis";
 import { LLMPhiAgent, PhiAgentProps } from "../src/agent/index.js";
 import { AgentBuilder, GuildBuilder } from "../src/guild/index.js";
 import { AgentHost } from "../src/guild/rustic/AgentHost.js";
 import { joinRedisGuild } from "../src/guild/rustic/join.js";
 import { SystemFormats } from "../src/guild/rustic/protocol.js";
 import { GenerationPromptRequest } from "../src/messages/formats.js";
-import { GemstoneIdGenerator, gemstoneParts, parseWireMessage, readWireMessage, serializeWireMessage } from "../src/messages/wire/index.js";
+import { parseWireMessage } from "../src/messages/wire/index.js";
 import { ensureTestModel } from "../src/testModel/makeTestModel.js";
 import { startRedisServer, type RedisServer } from "../test/helpers/redis.js";
-import { cpuSnapshot, fmtMs, repoRoot, waitForQuiet, type CpuSnapshot } from "./bench-lib/common.js";
+import { cpuSnapshot, fmtMs, repoRoot, startLineWorker, waitForQuiet, type CpuSnapshot } from "./bench-lib/common.js";
+import { BENCH_PROMPT, PyClient, type RedisClientBatch, type RedisClientJob } from "./bench-lib/redis-client.js";
 import { choiceFlag, intFlag, scriptArgs } from "./args.js";
 
 const USAGE = `Usage: node dist/scripts/bench-redis.js [--requests N] [--rounds N] [--burst N] [--tokens N] [--only overhead|replicas] [--json]
@@ -46,14 +47,6 @@ const opts = scriptArgs("bench-redis", USAGE, {
     json: v.json === true,
 }));
 
-const PROMPT = "The benefits of multi-agent systems include";
-const REQUEST_TEMPLATE = JSON.stringify({
-    sender: { id: "probe", name: "Probe" }, topics: "default_topic", recipient_list: [], payload: { generation_prompt: PROMPT },
-    format: GenerationPromptRequest.format, in_response_to: null, thread: [1], conversation_id: null, forward_header: null,
-    routing_slip: null, message_history: [], ttl: null, is_error_message: false, traceparent: null, session_state: null,
-    topic_published_to: "default_topic", enrich_with_history: 0, process_status: null, origin_guild_stack: [], id: 1, priority: 4, timestamp: 0.0,
-});
-
 /** Share of the machine's CPU capacity in use between two snapshots (all processes, ours included). */
 function busyShare(a: CpuSnapshot | undefined, b: CpuSnapshot | undefined): number {
     if (!a || !b || b.at <= a.at) return NaN;
@@ -69,38 +62,6 @@ function pct(xs: number[], p: number): number {
     return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
 }
 
-/** A Python-like client: publishes request JSON as RusticAI's Redis store does and waits for the reply on the channel. */
-class PyClient {
-    readonly #ids = new GemstoneIdGenerator(1);
-    readonly #waits = new Map<bigint, (t: number) => void>();
-    private constructor(readonly redis: Redis, readonly sub: Redis, readonly guild: string) {}
-
-    static async open(server: RedisServer, guild: string, topics: string[]): Promise<PyClient> {
-        const c = new PyClient(await server.client(), await server.client(), guild);
-        c.sub.on("message", (_ch: string, text: string) => {
-            const r = parseWireMessage(text);
-            if (!r.ok || r.message.in_response_to === null || r.message.format === SystemFormats.HEARTBEAT) return;
-            const w = c.#waits.get(r.message.in_response_to);
-            if (w) { c.#waits.delete(r.message.in_response_to); w(performance.now()); }
-        });
-        await c.sub.subscribe(...topics.map((t) => `${guild}:${t}`));
-        return c;
-    }
-
-    /** Publishes one request (SET msg EX + ZADD pipeline, PUBLISH); resolves with the ms until its reply came. */
-    async request(payload: Record<string, unknown>): Promise<number> {
-        const m = readWireMessage(REQUEST_TEMPLATE);
-        const id = this.#ids.next();
-        const json = serializeWireMessage({ ...m, id, thread: [id], payload: payload as never });
-        const t0 = performance.now();
-        const replied = new Promise<number>((resolve) => this.#waits.set(id, resolve));
-        const ns = `${this.guild}:default_topic`;
-        await this.redis.pipeline().set(`msg:${this.guild}:${id}`, json, "EX", 3600).zadd(ns, gemstoneParts(id).timestamp, json).exec();
-        await this.redis.publish(ns, json);
-        return (await replied) - t0;
-    }
-}
-
 async function overhead(server: RedisServer, modelPath: string) {
     const props = { modelPath, device: "cpu" as const, threads: 1, contextSize: 256, maxNewTokens: 1 };
     // the in-memory guild
@@ -112,28 +73,32 @@ async function overhead(server: RedisServer, modelPath: string) {
     const joined = await joinRedisGuild({ url: server.url, guildId: "bench-redis", agentId: "phi_agent" });
     const host = new AgentHost({ backend: joined.backend, guildId: "bench-redis", props, ids: joined.ids, claims: joined.claims, history: joined.history, publishAnswer: joined.publishAnswer });
     await host.start();
-    const py = await PyClient.open(server, "bench-redis", ["default_topic", "error_topic"]);
+    // the RusticAI side: another process, as a Python guild is
+    const py = await startLineWorker(path.join(repoRoot(), "dist", "scripts", "bench-lib", "redis-client.js"),
+        { url: server.url, guild: "bench-redis", topics: ["default_topic", "error_topic"] } satisfies RedisClientJob);
+    const viaRedis = async (requests: number) => (await py.ask<{ ms: number[] }>({ requests, payload: { generation_prompt: BENCH_PROMPT } } satisfies RedisClientBatch)).ms;
     const mem: number[] = [];
     const red: number[] = [];
-    const payload = GenerationPromptRequest.create({ generation_prompt: PROMPT });
+    const payload = GenerationPromptRequest.create({ generation_prompt: BENCH_PROMPT });
     const foreign = await quiet("overhead");
     // warm-up
-    for (let i = 0; i < 5; i++) { await client.request("default_topic", payload); await py.request({ generation_prompt: PROMPT }); }
+    for (let i = 0; i < 5; i++) await client.request("default_topic", payload);
+    await viaRedis(5);
+    // one request of each in turn, so that what the machine does meanwhile hits both alike
     for (let r = 0; r < opts.rounds; r++) {
         for (let i = 0; i < opts.requests; i++) {
             const t0 = performance.now();
             await client.request("default_topic", payload);
             mem.push(performance.now() - t0);
+            red.push(...await viaRedis(1));
         }
-        for (let i = 0; i < opts.requests; i++) red.push(await py.request({ generation_prompt: PROMPT }));
         process.stderr.write(`\roverhead: round ${r + 1}/${opts.rounds}`);
     }
     process.stderr.write("\n");
+    await py.stop();
     await host.stop();
     await joined.close();
     await guild.shutdown();
-    py.redis.disconnect();
-    py.sub.disconnect();
     return {
         foreignBefore: foreign,
         inMemory: { p50: pct(mem, 50), p99: pct(mem, 99), n: mem.length },
@@ -146,7 +111,7 @@ async function overhead(server: RedisServer, modelPath: string) {
 async function burst(server: RedisServer, modelPath: string, replicas: number) {
     const guild = `bench-replicas-${replicas}`;
     const cli = path.join(repoRoot(), "dist", "src", "cli", "main.js");
-    const py = await PyClient.open(server, guild, ["default_topic", "heartbeat"]);
+    const py = await PyClient.open(server.url, guild, ["default_topic", "heartbeat"]);
     const ready = new Map<string, () => void>();
     py.sub.on("message", (_ch: string, text: string) => {
         const r = parseWireMessage(text);
@@ -166,13 +131,12 @@ async function burst(server: RedisServer, modelPath: string, replicas: number) {
     const foreign = await quiet(`${replicas} replica(s)`);
     const c0 = cpuSnapshot();
     const t0 = performance.now();
-    await Promise.all(Array.from({ length: opts.burst }, (_, i) => py.request({ generation_prompt: `Request ${i}: ${PROMPT}`, max_tokens: opts.tokens })));
+    await Promise.all(Array.from({ length: opts.burst }, (_, i) => py.request({ generation_prompt: `Request ${i}: ${BENCH_PROMPT}`, max_tokens: opts.tokens })));
     const seconds = (performance.now() - t0) / 1000;
     const busy = busyShare(c0, cpuSnapshot());
     for (const c of children) c.kill("SIGTERM");
     await Promise.all(children.map((c) => once(c, "exit")));
-    py.redis.disconnect();
-    py.sub.disconnect();
+    py.close();
     return { replicas, requests: opts.burst, seconds, requestsPerSecond: opts.burst / seconds, tokensPerSecond: (opts.burst * opts.tokens) / seconds, foreignBefore: foreign, machineBusy: busy };
 }
 

@@ -25,7 +25,7 @@ import path from "node:path";
 import { PhiModel } from "../src/model/PhiModel.js";
 import { ensureTestModel, TEST_MODEL_SHAPES, type TestModelShape } from "../src/testModel/makeTestModel.js";
 import { intFlag, listFlag, scriptArgs } from "./args.js";
-import { best, buildPrompt, fmtRate, fmtRatio, median, repoRoot, waitForQuiet } from "./bench-lib/common.js";
+import { best, buildPrompt, fmtRate, fmtRatio, median, repoRoot, startLineWorker, waitForQuiet } from "./bench-lib/common.js";
 import type { DirectJob, DirectRun } from "./bench-lib/server-direct.js";
 import { closeClient, getStatus, streamCompletion, type StreamTiming } from "./bench-lib/sse-client.js";
 
@@ -124,37 +124,8 @@ async function startLlama(bin: string, model: string, threads: number, parallel:
 
 /** The PhiModel-direct worker: one process, one run per request line. */
 async function startDirect(job: DirectJob): Promise<{ run: (prompt: string, maxTokens: number) => Promise<DirectRun>; stop: () => Promise<void> }> {
-    const child = spawn(process.execPath, [path.join(root, "dist", "scripts", "bench-lib", "server-direct.js"), JSON.stringify(job)], { stdio: ["pipe", "pipe", "pipe"] });
-    let err = "";
-    child.stderr!.setEncoding("utf8").on("data", (d: string) => (err = (err + d).slice(-2000)));
-    const waiting: ((line: string) => void)[] = [];
-    let buf = "";
-    child.stdout!.setEncoding("utf8").on("data", (d: string) => {
-        buf += d;
-        let nl: number;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-            const line = buf.slice(0, nl);
-            buf = buf.slice(nl + 1);
-            if (line.startsWith("@@result ")) waiting.shift()?.(line.slice(9));
-        }
-    });
-    const next = () => new Promise<string>((resolve, reject) => {
-        waiting.push(resolve);
-        child.once("exit", (code) => reject(new Error(`the direct worker exited (${code}): ${err}`)));
-    });
-    await next(); // loaded and warm
-    return {
-        run: async (prompt, maxTokens) => {
-            const answer = next();
-            child.stdin!.write(JSON.stringify({ prompt, maxTokens }) + "\n");
-            return JSON.parse(await answer) as DirectRun;
-        },
-        stop: async () => {
-            const exited = new Promise((r) => child.once("exit", r));
-            child.stdin!.end();
-            await exited;
-        },
-    };
+    const worker = await startLineWorker(path.join(root, "dist", "scripts", "bench-lib", "server-direct.js"), job);
+    return { run: (prompt, maxTokens) => worker.ask<DirectRun>({ prompt, maxTokens }), stop: () => worker.stop() };
 }
 
 /** Waits (at most 20 s) for the machine to be quiet; returns the other processes' share of the CPU. */

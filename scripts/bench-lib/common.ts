@@ -94,6 +94,51 @@ export function runWorker<T>(script: string, job: unknown, onProgress: (text: st
     });
 }
 
+/**
+ * A worker that stays up: started with its job in argv[2], it reports one "@@result" line when ready, then
+ * answers each line of JSON sent to its stdin with one "@@result" line. `ask` sends a line and resolves with the
+ * answer; a worker that exits rejects what waits.
+ */
+export interface LineWorker {
+    ask<T>(request: unknown): Promise<T>;
+    stop(): Promise<void>;
+}
+
+export async function startLineWorker(script: string, job: unknown): Promise<LineWorker> {
+    const child = spawn(process.execPath, [script, JSON.stringify(job)], { stdio: ["pipe", "pipe", "pipe"] });
+    let err = "";
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (err = (err + d).slice(-2000)));
+    const waiting: { resolve: (line: string) => void; reject: (e: Error) => void }[] = [];
+    let buf = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => {
+        buf += d;
+        let nl: number;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+            const line = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            if (line.startsWith(RESULT)) waiting.shift()?.resolve(line.slice(RESULT.length));
+        }
+    });
+    child.once("exit", (code) => {
+        for (const w of waiting.splice(0)) w.reject(new Error(`${path.basename(script)} exited (${code}): ${err}`));
+    });
+    const next = () => new Promise<string>((resolve, reject) => waiting.push({ resolve, reject }));
+    await next(); // ready
+    return {
+        ask: async <T>(request: unknown) => {
+            const answer = next();
+            child.stdin.write(JSON.stringify(request) + "\n");
+            return JSON.parse(await answer) as T;
+        },
+        stop: async () => {
+            if (child.exitCode !== null) return;
+            const exited = new Promise((r) => child.once("exit", r));
+            child.stdin.end();
+            await exited;
+        },
+    };
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Statistics
 
