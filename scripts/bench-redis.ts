@@ -8,9 +8,9 @@
  *    SET/ZADD/PUBLISHed, the reply read off the channel and parsed). The two take turns request by request, so
  *    load on the machine hits both alike. p50/p99 of each and the difference.
  * 2. Replica scaling: 1 and then 2 worker processes (`phi-agent agent`, 1 thread each) answering the same burst
- *    of requests; throughput and its ratio.
+ *    of requests; throughput and its ratio, for short answers (24 tokens) and longer ones (128).
  *
- *   node dist/scripts/bench-redis.js [--requests N] [--rounds N] [--burst N] [--tokens N] [--json]
+ *   node dist/scripts/bench-redis.js [--requests N] [--rounds N] [--burst N] [--tokens N,...] [--json]
  *   (wrap in `flock "$BENCH_LOCK"` on a shared machine)
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -29,11 +29,13 @@ import { ensureTestModel } from "../src/testModel/makeTestModel.js";
 import { startRedisServer, type RedisServer } from "../test/helpers/redis.js";
 import { cpuSnapshot, fmtMs, repoRoot, startLineWorker, waitForQuiet, type CpuSnapshot } from "./bench-lib/common.js";
 import { BENCH_PROMPT, PyClient, type RedisClientBatch, type RedisClientJob } from "./bench-lib/redis-client.js";
-import { choiceFlag, intFlag, scriptArgs } from "./args.js";
+import { choiceFlag, intFlag, listFlag, scriptArgs } from "./args.js";
 
-const USAGE = `Usage: node dist/scripts/bench-redis.js [--requests N] [--rounds N] [--burst N] [--tokens N] [--only overhead|replicas] [--json]
+const USAGE = `Usage: node dist/scripts/bench-redis.js [--requests N] [--rounds N] [--burst N] [--tokens N,...] [--only overhead|replicas] [--json]
   --requests  requests per round of the overhead rows (default 50), --rounds rounds of each (default 4)
-  --burst     requests of the replica rows (default 96), --tokens tokens generated per burst request (default 24)`;
+  --burst     requests of the replica rows (default 96)
+  --tokens    tokens generated per burst request, one pair of replica rows per value (default 24,128: short
+              answers, where Redis and the JSON weigh most, and answers of the length agents ask for)`;
 
 const opts = scriptArgs("bench-redis", USAGE, {
     requests: { type: "string" }, rounds: { type: "string" }, burst: { type: "string" }, tokens: { type: "string" }, json: { type: "boolean" },
@@ -43,7 +45,7 @@ const opts = scriptArgs("bench-redis", USAGE, {
     requests: intFlag("requests", v.requests, 1) ?? 50,
     rounds: intFlag("rounds", v.rounds, 1) ?? 4,
     burst: intFlag("burst", v.burst, 1) ?? 96,
-    tokens: intFlag("tokens", v.tokens, 1) ?? 24,
+    tokens: (listFlag("tokens", v.tokens) ?? ["24", "128"]).map((x) => intFlag("tokens", x, 1)!),
     json: v.json === true,
 }));
 
@@ -108,8 +110,8 @@ async function overhead(server: RedisServer, modelPath: string) {
     };
 }
 
-async function burst(server: RedisServer, modelPath: string, replicas: number) {
-    const guild = `bench-replicas-${replicas}`;
+async function burst(server: RedisServer, modelPath: string, replicas: number, tokens: number) {
+    const guild = `bench-replicas-${replicas}-${tokens}`;
     const cli = path.join(repoRoot(), "dist", "src", "cli", "main.js");
     const py = await PyClient.open(server.url, guild, ["default_topic", "heartbeat"]);
     const ready = new Map<string, () => void>();
@@ -131,22 +133,26 @@ async function burst(server: RedisServer, modelPath: string, replicas: number) {
     const foreign = await quiet(`${replicas} replica(s)`);
     const c0 = cpuSnapshot();
     const t0 = performance.now();
-    await Promise.all(Array.from({ length: opts.burst }, (_, i) => py.request({ generation_prompt: `Request ${i}: ${BENCH_PROMPT}`, max_tokens: opts.tokens })));
+    await Promise.all(Array.from({ length: opts.burst }, (_, i) => py.request({ generation_prompt: `Request ${i}: ${BENCH_PROMPT}`, max_tokens: tokens })));
     const seconds = (performance.now() - t0) / 1000;
     const busy = busyShare(c0, cpuSnapshot());
     for (const c of children) c.kill("SIGTERM");
     await Promise.all(children.map((c) => once(c, "exit")));
     py.close();
-    return { replicas, requests: opts.burst, seconds, requestsPerSecond: opts.burst / seconds, tokensPerSecond: (opts.burst * opts.tokens) / seconds, foreignBefore: foreign, machineBusy: busy };
+    return { replicas, tokens, requests: opts.burst, seconds, requestsPerSecond: opts.burst / seconds, tokensPerSecond: (opts.burst * tokens) / seconds, foreignBefore: foreign, machineBusy: busy };
 }
 
 const server = await startRedisServer({ persist: false });
 try {
     const modelPath = await ensureTestModel({ shape: "tiny", type: "q8_0", seed: 1 });
     const o = opts.only === "replicas" ? undefined : await overhead(server, modelPath);
-    const one = opts.only === "overhead" ? undefined : await burst(server, modelPath, 1);
-    const two = opts.only === "overhead" ? undefined : await burst(server, modelPath, 2);
-    const result = { cpus: os.cpus().length, overhead: o, replicas: one && two ? [one, two] : [], scaling: one && two ? two.requestsPerSecond / one.requestsPerSecond : undefined };
+    const scaling = [];
+    for (const tokens of opts.only === "overhead" ? [] : opts.tokens) {
+        const one = await burst(server, modelPath, 1, tokens);
+        const two = await burst(server, modelPath, 2, tokens);
+        scaling.push({ tokens, one, two, ratio: two.requestsPerSecond / one.requestsPerSecond });
+    }
+    const result = { cpus: os.cpus().length, overhead: o, scaling };
     if (opts.json) process.stdout.write(JSON.stringify(result) + "\n");
     if (!opts.json && o) {
         process.stdout.write(`per request, 1 token, one at a time (${o.inMemory.n} each; others used ${(o.foreignBefore * 100).toFixed(0)}% of the CPUs before):\n`);
@@ -154,13 +160,13 @@ try {
         process.stdout.write(`  Redis (agent host)       p50 ${fmtMs(o.redis.p50)}  p99 ${fmtMs(o.redis.p99)}\n`);
         process.stdout.write(`  Redis overhead           p50 ${fmtMs(o.overheadP50)}  p99 ${fmtMs(o.overheadP99)}\n`);
     }
-    if (!opts.json && one && two) {
-        process.stdout.write(`replicas (${opts.burst} requests × ${opts.tokens} tokens, 1 thread each, ${os.cpus().length} CPUs):\n`);
+    for (const { tokens, one, two, ratio } of opts.json ? [] : scaling) {
+        process.stdout.write(`replicas (${opts.burst} requests × ${tokens} tokens, 1 thread each, ${os.cpus().length} CPUs):\n`);
         for (const r of [one, two]) {
             process.stdout.write(`  ${r.replicas} replica(s)  ${r.requestsPerSecond.toFixed(1)} req/s  ${r.tokensPerSecond.toFixed(0)} tok/s  (${r.seconds.toFixed(2)} s; ` +
                 `others used ${(r.foreignBefore * 100).toFixed(0)}% of the CPUs just before, the machine was ${(r.machineBusy * 100).toFixed(0)}% busy during)\n`);
         }
-        process.stdout.write(`  scaling 2/1: ${result.scaling!.toFixed(2)}×\n`);
+        process.stdout.write(`  scaling 2/1: ${ratio.toFixed(2)}×\n`);
     }
 } finally {
     await server.stop();
