@@ -10,6 +10,15 @@ import type { Message } from "../messages/message.js";
 /** Receives one message. May return a promise; a rejection is reported, never thrown at the publisher. */
 export type MessageHandler = (message: Message) => void | Promise<void>;
 
+/** Defaults of the messaging backends (their one definition). */
+export const MESSAGING_DEFAULTS = Object.freeze({
+    /**
+     * How long a publish may wait for an unreachable messaging server (ms) before it rejects with a
+     * MessagingUnavailableError; also how long an agent host keeps retrying a request's answer.
+     */
+    publishTimeoutMs: 30_000,
+});
+
 export interface MessagingBackend {
     /**
      * Delivers `message` to every subscriber of `topic` in `namespace` (a guild's id). Must not call

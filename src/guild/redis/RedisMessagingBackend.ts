@@ -11,7 +11,10 @@
  * - each client gets its messages one at a time, in order; a handler that throws, and a message that is not a
  *   valid Message, go to `{ns}:dead_letter_queue` as Python writes dead letters, and delivery goes on;
  * - after a lost connection (a Redis restart, a network cut), it subscribes again and replays every topic from
- *   its saved position, so nothing published meanwhile is lost (Python's backend loses it); repeats are dropped.
+ *   its saved position, so nothing published meanwhile is lost (Python's backend loses it); repeats are dropped;
+ * - a publish waits for an unreachable Redis at most `publishTimeoutMs` (default MESSAGING_DEFAULTS.publishTimeoutMs,
+ *   30 s), then rejects with a MessagingUnavailableError; nothing is queued for Redis meanwhile, so a publish that
+ *   timed out is not written later, and one that waited for the reconnect is written once.
  *
  * `RedisMessagingBackend.connect({ url })` (URLs `redis://[user:password@]host:port[/db]` and `rediss://` for
  * TLS). It implements `MessagingBackend` for TypeScript guilds (GuildBuilder.setRedisMessaging), and offers the
@@ -33,7 +36,7 @@ import {
 } from "../../messages/wire/message.js";
 import type { PyJson } from "../../messages/wire/json.js";
 import { formatFieldErrors } from "../../messages/validation.js";
-import type { MessageHandler, MessagingBackend } from "../backend.js";
+import { MESSAGING_DEFAULTS, type MessageHandler, type MessagingBackend } from "../backend.js";
 
 /** How long stored messages live (s): RusticAI's `RUSTIC_AI_REDIS_MSG_TTL`, default 3600. */
 export const DEFAULT_MESSAGE_TTL_S = 3600;
@@ -56,6 +59,11 @@ export interface RedisMessagingBackendOptions {
     deliveryBackendName?: string;
     /** How long the first connection may take (ms). Default 10000. */
     connectTimeoutMs?: number;
+    /**
+     * How long a publish may wait for Redis while it is unreachable (ms), counted from the call; then it rejects
+     * with a MessagingUnavailableError (code ERR_MESSAGING_UNAVAILABLE). Default MESSAGING_DEFAULTS.publishTimeoutMs.
+     */
+    publishTimeoutMs?: number;
     /** Reports what the backend cannot throw at anyone: handler failures, dead letters, reconnects, lease moves. */
     onEvent?: (event: RedisBackendEvent) => void;
 }
@@ -167,9 +175,19 @@ function asError(err: unknown): Error {
     return err instanceof Error ? err : new Error(String(err));
 }
 
+function publishTimeout(option: number | undefined): number {
+    if (option === undefined) return MESSAGING_DEFAULTS.publishTimeoutMs;
+    if (typeof option !== "number" || !Number.isInteger(option) || option < 1) {
+        throw new PhiRangeError(`publishTimeoutMs must be a positive integer (ms); got ${String(option)}`);
+    }
+    return option;
+}
+
 export class RedisMessagingBackend implements MessagingBackend {
     readonly url: string;
     readonly messageTtlSeconds: number;
+    /** How long a publish waits for an unreachable Redis (ms). */
+    readonly publishTimeoutMs: number;
     readonly #redis: Redis;
     readonly #sub: Redis;
     readonly #onEvent: RedisMessagingBackendOptions["onEvent"];
@@ -197,6 +215,7 @@ export class RedisMessagingBackend implements MessagingBackend {
     private constructor(options: RedisMessagingBackendOptions, redis: Redis, sub: Redis) {
         this.url = maskRedisUrl(options.url ?? "redis://127.0.0.1:6379");
         this.messageTtlSeconds = messageTtl(options.messageTtlSeconds);
+        this.publishTimeoutMs = publishTimeout(options.publishTimeoutMs);
         this.#redis = redis;
         this.#sub = sub;
         this.#onEvent = options.onEvent;
@@ -222,6 +241,7 @@ export class RedisMessagingBackend implements MessagingBackend {
         if (options === null || typeof options !== "object") throw new PhiTypeError(`RedisMessagingBackend.connect: options must be an object; got ${options === null ? "null" : typeof options}`);
         const url = options.url ?? "redis://127.0.0.1:6379";
         messageTtl(options.messageTtlSeconds);
+        publishTimeout(options.publishTimeoutMs);
         const base: RedisOptions = {
             ...redisOptionsFromUrl(url, options.tls),
             lazyConnect: true,
@@ -319,7 +339,9 @@ export class RedisMessagingBackend implements MessagingBackend {
      * SET msg:... EX, ZADD (score: the id's ms) in a pipeline, then PUBLISH, all with the same JSON. The message is
      * written as it is (set `topic_published_to` first, or use publishToTopics). Publishes of one backend go out
      * in call order. Rejects with a WireMessageError for a message Python could not read (nothing is written), or
-     * a MessagingUnavailableError once the backend is closed.
+     * a MessagingUnavailableError once the backend is closed, or when Redis stayed unreachable for
+     * `publishTimeoutMs` (then nothing is written, unless the commands had gone out before the connection broke:
+     * the error's `details.sent` says so). A publish that waited for a reconnect within the bound is written once.
      */
     publishWire(namespace: string, topic: string, message: WireMessage): Promise<void> {
         this.#assertOpen("publish");
@@ -341,15 +363,21 @@ export class RedisMessagingBackend implements MessagingBackend {
     }
 
     #store(namespace: string, nsTopic: string, id: bigint, timestamp: number, json: string): Promise<void> {
+        // the bound counts from the call (a publish queued behind a waiting one waits no longer)
+        const deadline = performance.now() + this.publishTimeoutMs;
         const run = async () => {
+            const sent = { value: false };
             try {
-                const results = await this.#guard(this.#redis.pipeline()
+                // nothing goes to ioredis's offline queue: what timed out must not be written when Redis comes back
+                await this.#whenReady(deadline, nsTopic, sent);
+                sent.value = true;
+                const results = await this.#bounded(this.#redis.pipeline()
                     .set(`msg:${namespace}:${id}`, json, "EX", this.messageTtlSeconds)
                     .zadd(nsTopic, timestamp, json)
-                    .exec());
+                    .exec(), deadline, nsTopic, sent);
                 const failed = results?.find(([err]) => err);
                 if (failed) throw failed[0];
-                await this.#guard(this.#redis.publish(nsTopic, json));
+                await this.#bounded(this.#redis.publish(nsTopic, json), deadline, nsTopic, sent);
             } catch (err) {
                 throw this.#unavailable(`publish to ${nsTopic}`, err);
             }
@@ -357,6 +385,36 @@ export class RedisMessagingBackend implements MessagingBackend {
         const p = this.#publishChain.then(run, run);
         this.#publishChain = p.catch(() => undefined);
         return p;
+    }
+
+    /** Resolves when the command connection is ready; rejects once `deadline` (performance.now()) has passed. */
+    #whenReady(deadline: number, nsTopic: string, sent: { value: boolean }): Promise<void> {
+        if (this.#redis.status === "ready") return Promise.resolve();
+        let onReady!: () => void;
+        const ready = new Promise<void>((resolve) => {
+            onReady = resolve;
+            this.#redis.once("ready", onReady);
+        });
+        return this.#bounded(ready, deadline, nsTopic, sent).finally(() => this.#redis.off("ready", onReady));
+    }
+
+    /** `p`, raced with the publish's deadline and with close() giving up. */
+    #bounded<T>(p: Promise<T>, deadline: number, nsTopic: string, sent: { value: boolean }): Promise<T> {
+        let timer: NodeJS.Timeout | undefined;
+        const timeout = new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(this.#publishTimedOut(nsTopic, sent.value)), Math.max(0, deadline - performance.now()));
+        });
+        return Promise.race([p, timeout, this.#abandoned]).finally(() => clearTimeout(timer));
+    }
+
+    #publishTimedOut(nsTopic: string, sent: boolean): MessagingUnavailableError {
+        return new MessagingUnavailableError(
+            `Redis at ${this.url} was unreachable for ${this.publishTimeoutMs} ms, so the publish to ${nsTopic} gave up ` +
+            (sent
+                ? "after its commands had gone out (it may still be applied when Redis is back). "
+                : "(nothing was written). ") +
+            "Check that redis-server runs there and is reachable, then publish again; or raise publishTimeoutMs",
+            { details: { url: this.url, topic: nsTopic, timeoutMs: this.publishTimeoutMs, sent } });
     }
 
     /** The stored messages with these ids (`GET msg:{ns}:{id}`, for `enrich_with_history`); missing ones are left out. */

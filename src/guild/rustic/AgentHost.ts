@@ -23,7 +23,7 @@ import { ErrorMessage, GenerationPromptRequest } from "../../messages/formats.js
 import { GemstoneGenerator, Priority } from "../../messages/ids.js";
 import { topicsOf, type Message } from "../../messages/message.js";
 import type { AgentRuntime } from "../agent.js";
-import type { MessagingBackend } from "../backend.js";
+import { MESSAGING_DEFAULTS, type MessagingBackend } from "../backend.js";
 import { AgentBuilder } from "../builders.js";
 import type { GuildEvent, GuildEventBody } from "../events.js";
 import type { ClaimResult, RequestClaims } from "../claims.js";
@@ -579,11 +579,11 @@ export class AgentHost {
 
     /**
      * publishAnswer, sent again while Redis is away (a restart, a cut link): the script is idempotent, so a retry
-     * after a lost reply writes nothing twice. Gives up after 30 s (the claim's lease has run out by then and
-     * another replica answers).
+     * after a lost reply writes nothing twice. Gives up after MESSAGING_DEFAULTS.publishTimeoutMs (30 s), the
+     * bound of every publish (the claim's lease has run out by then and another replica answers).
      */
     async #answerAtomically(requestId: string, replies: RusticMessage[]): Promise<boolean> {
-        const deadline = Date.now() + 30_000;
+        const deadline = Date.now() + MESSAGING_DEFAULTS.publishTimeoutMs;
         for (let attempt = 0; ; attempt++) {
             try {
                 return await this.#publishAnswer!(requestId, replies);
