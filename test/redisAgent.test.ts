@@ -328,6 +328,38 @@ describe("phi agent in a RusticAI guild over Redis (real redis-server, tiny mode
             await l.sub.quit();
         });
 
+        it("a lone worker killed (kill -9) with requests in flight and queued: restarted, it answers each exactly once", async () => {
+            const guild = "lone-kill";
+            const l = await Listener.start(server, guild, ["default_topic", "heartbeat"]);
+            const monitor = await server.monitor();
+            // in the backlog before the worker starts (its subscription replays them): a short one, a long one
+            // (1000 tokens: the worker is killed while it generates), three more queued behind it (--sequences 1)
+            const reqs: WireMessage[] = [await send(redis, guild, pyMessage("request", { payload: { generation_prompt: "Request 0:" } }))];
+            reqs.push(await send(redis, guild, pyMessage("request", { payload: { generation_prompt: "Once upon a time", max_tokens: 1000 } })));
+            for (let i = 2; i < 5; i++) reqs.push(await send(redis, guild, pyMessage("request", { payload: { generation_prompt: `Request ${i}:` } })));
+            const w = startWorker(guild, "lone", ["--sequences", "1"]);
+            await l.replyTo(reqs[0]!.id);
+            await monitor.waitFor((c) => c.args[0] === "SET" && c.args[1] === `claim:${guild}:phi_agent:${reqs[1]!.id}` && c.args.includes("NX"));
+            w.child.kill("SIGKILL");
+            expect((await w.exit)[1]).to.equal("SIGKILL");
+            expect(l.answersTo(reqs[1]!.id)).to.deep.equal([]);
+            // the same worker again: it replays what it had not settled, and the done marks keep it from answering twice
+            const from = l.seen.length;
+            const again = startWorker(guild, "lone", ["--sequences", "1"]);
+            await ready(l, again, from);
+            // with one sequence, requests start in order: the one sent now is answered after every replayed one
+            const last = await send(redis, guild, pyMessage("request", { payload: { generation_prompt: "Request 5:" } }));
+            await l.replyTo(last.id);
+            again.child.kill("SIGTERM");
+            expect(await again.exit, again.stderr).to.deep.equal([0, null]);
+            for (const r of [...reqs, last]) expect(l.answersTo(r.id), `answers to request ${reqs.indexOf(r)} (${r.id})`).to.have.length(1);
+            const outcomes = (r: WireMessage) => again.lines.filter((x) => x.requestId === String(r.id)).map((x) => x.outcome);
+            expect([[], ["duplicate"]].map((x) => JSON.stringify(x))).to.include(JSON.stringify(outcomes(reqs[0]!)));
+            for (const r of [...reqs.slice(1), last]) expect(outcomes(r), `request ${r.id}`).to.deep.equal(["answered"]);
+            await monitor.stop();
+            await l.sub.quit();
+        });
+
         it("200 requests over 3 replicas, one killed (kill -9) mid-run and Redis restarted mid-run: 200 answers, 0 duplicates, 0 lost", async function () {
             this.timeout(400_000);
             const guild = "replicas-200";

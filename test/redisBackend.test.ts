@@ -189,6 +189,73 @@ describe("RedisMessagingBackend (real redis-server)", function () {
             await log.stop();
         });
 
+        it("a handler that settles later (DeferredSettlement): the position is the low watermark of the settled messages", async function () {
+            const { backend } = track(await connect(server));
+            const lease = await backend.lease("g");
+            const make = (i: number) => createWireMessage({ generator: lease.generator, sender: { id: "pub" }, topics: "t", payload: { i } });
+            const settles = new Map<number, () => void>();
+            const delivered = new EventEmitter();
+            await backend.subscribeWire("g", "t", "g$slow", (m) => {
+                let settle!: () => void;
+                const settled = new Promise<void>((resolve) => { settle = resolve; });
+                settles.set(m.payload.i as number, settle);
+                delivered.emit("message");
+                return { settled };
+            });
+            const ms = [make(1), make(2), make(3)];
+            for (const m of ms) await backend.publishToTopics("g", m);
+            // delivery does not wait for the settlement: all three come one after another
+            while (settles.size < 3) await once(delivered, "message");
+            await backend.idle();
+            const admin = await server.client();
+            /** The saved position once every settlement callback has run and its SET (same connection) is through. */
+            const position = async () => {
+                await new Promise((r) => setImmediate(r));
+                await backend.redis.ping();
+                return admin.get("eo:pos:g$slow:g:t");
+            };
+            expect(await position(), "nothing settled").to.equal(null);
+            settles.get(2)!();
+            settles.get(3)!();
+            expect(await position(), "1 is not settled: the position stays before it").to.equal(null);
+            settles.get(1)!();
+            expect(await position(), "all settled").to.equal(ms[2]!.id.toString());
+            // a new process of the same client replays nothing
+            const second = track(await connect(server));
+            const again = collector();
+            await second.backend.subscribeWire("g", "t", "g$slow", again.handler);
+            const m4 = make(4);
+            await backend.publishToTopics("g", m4);
+            expect((await again.waitFor(1)).map((m) => m.payload.i)).to.deep.equal([4]);
+            admin.disconnect();
+        });
+
+        it("a process that dies with messages unsettled: the next one replays them from the low watermark", async function () {
+            const first = track(await connect(server));
+            const lease = await first.backend.lease("g");
+            const make = (i: number) => createWireMessage({ generator: lease.generator, sender: { id: "pub" }, topics: "t", payload: { i } });
+            const settles: (() => void)[] = [];
+            const delivered = new EventEmitter();
+            await first.backend.subscribeWire("g", "t", "g$dies", () => {
+                let settle!: () => void;
+                const settled = new Promise<void>((resolve) => { settle = resolve; });
+                settles.push(settle);
+                delivered.emit("message");
+                return { settled };
+            });
+            for (let i = 1; i <= 4; i++) await first.backend.publishToTopics("g", make(i));
+            while (settles.length < 4) await once(delivered, "message");
+            settles[0]!(); // only the first is settled when the process goes
+            await new Promise((r) => setImmediate(r));
+            await first.backend.redis.ping();
+            await first.backend.close();
+            const second = track(await connect(server));
+            const again = collector();
+            await second.backend.subscribeWire("g", "t", "g$dies", again.handler);
+            expect((await again.waitFor(3)).map((m) => m.payload.i)).to.deep.equal([2, 3, 4]);
+            await second.backend.idle();
+            expect(again.messages).to.have.length(3);
+        });
     });
 
     describe("outages", function () {
