@@ -14,7 +14,8 @@
  *
  * Generation itself is LLMPhiAgent's (src/agent/LLMPhiAgent.ts): the host delivers each request to it and
  * turns the replies it sends into Python's. With `claims` (claims.ts), several hosts with the same agent
- * id share the requests, each answered once.
+ * id share the requests, each answered once. A replica that loses a request's claim (its lease ran out, e.g.
+ * after a stall) aborts that generation at once, freeing the model's slot; another replica answers it.
  *
  * A request is queued when it arrives and answered later, so its handler returns a DeferredSettlement
  * (backend.ts): the Redis backend moves the saved position past a request only once it is settled — answered,
@@ -23,7 +24,7 @@
  * stopped with requests queued gets them again from the backlog when it restarts; the claims' done marks keep it
  * from answering twice what was answered already (a lone replica has done marks too).
  */
-import { PhiRangeError, PhiTypeError, InvalidStateError } from "../../errors.js";
+import { PhiAgentError, PhiRangeError, PhiTypeError, InvalidStateError } from "../../errors.js";
 import { LLMPhiAgent } from "../../agent/LLMPhiAgent.js";
 import { PhiAgentProps, type PhiAgentPropsInit } from "../../agent/PhiAgentProps.js";
 import { ErrorMessage, GenerationPromptRequest } from "../../messages/formats.js";
@@ -136,6 +137,8 @@ interface Pending {
     /** The answer went out together with its done mark (publishAnswer). */
     answeredAtomically?: boolean;
     started: number;
+    /** Aborts the request's generation (its claim was lost). */
+    abort: AbortController;
 }
 
 /** A request received and not started yet; `settle` tells the backend it is settled (DeferredSettlement). */
@@ -224,7 +227,8 @@ export class AgentHost {
                 if (p && !p.handedBack) {
                     p.handedBack = true;
                     p.outcome = "dropped";
-                    this.#log("warn", `lost the claim on request ${id} (its lease ran out); another replica answers it`);
+                    this.#log("warn", `lost the claim on request ${id} (its lease ran out); its generation is stopped, another replica answers it`);
+                    p.abort.abort(new PhiAgentError("ERR_CLAIM_LOST", `the claim on request ${id} was lost (its lease ran out); another replica answers it`));
                 }
             };
         }
@@ -500,15 +504,15 @@ export class AgentHost {
         }
         return this.#finish(m, ctx, started, async (p) => {
             if ((m.enrich_with_history ?? 0) > 0) await this.#enrich(m, ctx);
-            // the agent validates, generates and replies through #fromAgent
-            await this.#agent.deliver(this.#forAgent(m), m.topic_published_to ?? GuildTopics.DEFAULT_TOPIC);
+            // the agent validates, generates and replies through #fromAgent; a lost claim aborts the generation
+            await this.#agent.deliver(this.#forAgent(m), m.topic_published_to ?? GuildTopics.DEFAULT_TOPIC, { signal: p.abort.signal });
             await p.chain;
         });
     }
 
     /** Runs `body` for a claimed request, then completes or releases its claim and reports it; resolves with its outcome. */
     async #finish(m: RusticMessage, ctx: RusticProcessContext, started: number, body: (p: Pending) => Promise<void>): Promise<RequestLine["outcome"]> {
-        const p: Pending = { ctx, chain: Promise.resolve(), replyIds: [], replyTopics: new Set(), handedBack: false, started };
+        const p: Pending = { ctx, chain: Promise.resolve(), replyIds: [], replyTopics: new Set(), handedBack: false, started, abort: new AbortController() };
         this.#pending.set(m.id, p);
         try {
             await body(p);
@@ -555,8 +559,8 @@ export class AgentHost {
         }
         const payload = message.payload as Record<string, unknown>;
         const isError = message.is_error_message === true;
-        // handed back or claim lost: nothing goes out, and the outcome stays what it says (the AbortError of a
-        // generation stopped by stop() is not the request's answer: it stays handed_back, so it stays unsettled)
+        // handed back or claim lost: nothing goes out, and the outcome stays what it says (e.g. the AbortError of a
+        // generation stopped for a lost claim is not the request's answer)
         if (p.handedBack) return;
         if (isError) {
             p.outcome = "error";
