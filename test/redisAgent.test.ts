@@ -8,7 +8,12 @@ import { once } from "node:events";
 import path from "node:path";
 import readline from "node:readline";
 import type { Redis } from "ioredis";
-import { AgentHost, type AgentHostEvent } from "../src/guild/rustic/AgentHost.js";
+import { EventEmitter } from "node:events";
+import { LLMPhiAgent } from "../src/agent/LLMPhiAgent.js";
+import { AbortError } from "../src/errors.js";
+import type { PhiModel } from "../src/model/PhiModel.js";
+import type { GenerationResult, LoadOptions } from "../src/model/types.js";
+import { AgentHost, type AgentHostEvent, type RequestLine } from "../src/guild/rustic/AgentHost.js";
 import { PYTHON_PHI_AGENT_CLASS, SystemFormats } from "../src/guild/rustic/protocol.js";
 import { joinRedisGuild, type JoinedRedisGuild } from "../src/guild/rustic/join.js";
 import { ErrorMessage, GenerationPromptResponse } from "../src/messages/formats.js";
@@ -238,6 +243,86 @@ describe("phi agent in a RusticAI guild over Redis (real redis-server, tiny mode
         });
     });
 
+    describe("AgentHost over Redis: a claim lost mid-generation", () => {
+        const GUILD = "claim-lost";
+        let joined: JoinedRedisGuild;
+        let host: AgentHost;
+        const events: AgentHostEvent[] = [];
+        const lines = new EventEmitter();
+        /** What each generate() of the model ended with, in order. */
+        const ended: ({ result: GenerationResult } | { error: unknown })[] = [];
+        const generation = new EventEmitter();
+
+        /** The real model, with generate() watched: "generating" after 8 tokens, and how it ended. */
+        class WatchedAgent extends LLMPhiAgent {
+            protected override async loadModel(options: LoadOptions): Promise<PhiModel> {
+                const model = await super.loadModel(options);
+                const generate = model.generate.bind(model);
+                model.generate = async (prompt, o = {}) => {
+                    let tokens = 0;
+                    try {
+                        const result = await generate(prompt, { ...o, onToken: (c) => { o.onToken?.(c); if (++tokens === 8) generation.emit("generating"); } });
+                        ended.push({ result });
+                        return result;
+                    } catch (error) {
+                        ended.push({ error });
+                        throw error;
+                    }
+                };
+                return model;
+            }
+        }
+
+        before(async () => {
+            joined = await joinRedisGuild({ url: server.url, guildId: GUILD, agentId: "phi_agent", claimLeaseMs: 300 });
+            host = new AgentHost({
+                backend: joined.backend, guildId: GUILD, props: { modelPath, device: "cpu", threads: 1, contextSize: 2048 },
+                agentClass: WatchedAgent, ids: joined.ids, claims: joined.claims, history: joined.history, publishAnswer: joined.publishAnswer,
+                onEvent: (e) => {
+                    events.push(e);
+                    if (e.type === "request") lines.emit(e.requestId, e);
+                },
+            });
+            await host.start();
+        });
+        after(async () => {
+            await host?.stop();
+            await joined?.close();
+        });
+
+        it("stops the generation at once when the claim is lost (another replica holds it now): its tokens stop, nothing is published", async () => {
+            const maxTokens = 1500;
+            const generating = once(generation, "generating");
+            const req = await send(redis, GUILD, pyMessage("request", { payload: { generation_prompt: "Once upon a time", max_tokens: maxTokens } }));
+            const line = once(lines, String(req.id)) as Promise<[RequestLine]>;
+            await generating;
+            // what a takeover after a stall leaves: the lease ran out and another replica claimed the request
+            const key = joined.claims.key(String(req.id));
+            expect(await redis.get(key)).to.equal(joined.claims.replicaId);
+            await redis.set(key, "other-replica", "PX", 60_000);
+            const [l] = await line;
+            expect(l.outcome).to.equal("dropped");
+            expect(l.replyIds).to.deep.equal([]);
+            expect(ended).to.have.length(1);
+            const end = ended[0]!;
+            expect("error" in end, `the generation ran on to its end: ${JSON.stringify("result" in end ? end.result.usage : null)}`).to.equal(true);
+            const error = (end as { error: AbortError & { partial?: GenerationResult } }).error;
+            expect(error).to.be.instanceOf(AbortError);
+            expect(error.code).to.equal("ERR_ABORTED");
+            expect(error.message).to.match(/claim on request \d+ was lost/);
+            expect(error.partial?.finishReason).to.equal("abort");
+            expect(error.partial!.usage.completionTokens).to.be.within(8, maxTokens / 2);
+            // the claim is no longer held, and no answer (nor an error) went out
+            expect(joined.claims.held).to.deep.equal([]);
+            expect(events.some((e) => e.type === "log" && /lost the claim on request/.test(e.message))).to.equal(true);
+            for (const topic of ["default_topic", "error_topic"]) {
+                const stored = (await redis.zrange(`${GUILD}:${topic}`, "0", "-1")).map((t) => readWireMessage(t));
+                expect(stored.filter((m) => m.in_response_to === req.id), topic).to.deep.equal([]);
+            }
+            expect(await redis.get(key)).to.equal("other-replica");
+        });
+    });
+
     describe("phi-agent agent (worker processes)", () => {
         interface Worker { child: ChildProcess; replica: string; lines: Record<string, unknown>[]; stderr: string; exit: Promise<[number | null, string | null]> }
         const workers: Worker[] = [];
@@ -324,6 +409,38 @@ describe("phi agent in a RusticAI guild over Redis (real redis-server, tiny mode
             expect(l.answersTo(next.id)).to.have.length(1);
             const replayed = again.lines.filter((x) => x.requestId === String(long.id));
             expect(replayed.map((x) => x.outcome)).to.deep.equal(["duplicate"]);
+            await monitor.stop();
+            await l.sub.quit();
+        });
+
+        it("a lone worker killed (kill -9) with requests in flight and queued: restarted, it answers each exactly once", async () => {
+            const guild = "lone-kill";
+            const l = await Listener.start(server, guild, ["default_topic", "heartbeat"]);
+            const monitor = await server.monitor();
+            // in the backlog before the worker starts (its subscription replays them): a short one, a long one
+            // (1000 tokens: the worker is killed while it generates), three more queued behind it (--sequences 1)
+            const reqs: WireMessage[] = [await send(redis, guild, pyMessage("request", { payload: { generation_prompt: "Request 0:" } }))];
+            reqs.push(await send(redis, guild, pyMessage("request", { payload: { generation_prompt: "Once upon a time", max_tokens: 1000 } })));
+            for (let i = 2; i < 5; i++) reqs.push(await send(redis, guild, pyMessage("request", { payload: { generation_prompt: `Request ${i}:` } })));
+            const w = startWorker(guild, "lone", ["--sequences", "1"]);
+            await l.replyTo(reqs[0]!.id);
+            await monitor.waitFor((c) => c.args[0] === "SET" && c.args[1] === `claim:${guild}:phi_agent:${reqs[1]!.id}` && c.args.includes("NX"));
+            w.child.kill("SIGKILL");
+            expect((await w.exit)[1]).to.equal("SIGKILL");
+            expect(l.answersTo(reqs[1]!.id)).to.deep.equal([]);
+            // the same worker again: it replays what it had not settled, and the done marks keep it from answering twice
+            const from = l.seen.length;
+            const again = startWorker(guild, "lone", ["--sequences", "1"]);
+            await ready(l, again, from);
+            // with one sequence, requests start in order: the one sent now is answered after every replayed one
+            const last = await send(redis, guild, pyMessage("request", { payload: { generation_prompt: "Request 5:" } }));
+            await l.replyTo(last.id);
+            again.child.kill("SIGTERM");
+            expect(await again.exit, again.stderr).to.deep.equal([0, null]);
+            for (const r of [...reqs, last]) expect(l.answersTo(r.id), `answers to request ${reqs.indexOf(r)} (${r.id})`).to.have.length(1);
+            const outcomes = (r: WireMessage) => again.lines.filter((x) => x.requestId === String(r.id)).map((x) => x.outcome);
+            expect([[], ["duplicate"]].map((x) => JSON.stringify(x))).to.include(JSON.stringify(outcomes(reqs[0]!)));
+            for (const r of [...reqs.slice(1), last]) expect(outcomes(r), `request ${r.id}`).to.deep.equal(["answered"]);
             await monitor.stop();
             await l.sub.quit();
         });

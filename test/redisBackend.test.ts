@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import {
-    AgentBuilder, GuildBuilder, InMemoryMessagingBackend, MachineIdLease, MessagingUnavailableError, RedisMessagingBackend, machineIdKey,
+    AgentBuilder, GuildBuilder, InMemoryMessagingBackend, MESSAGING_DEFAULTS, MachineIdLease, MessagingUnavailableError, RedisMessagingBackend, machineIdKey,
     createWireMessage, gemstoneParts, parseWireMessage, readWireMessage, serializeWireMessage,
     type RedisBackendEvent, type WireMessage,
 } from "../src/index.js";
@@ -188,6 +188,74 @@ describe("RedisMessagingBackend (real redis-server)", function () {
             admin.disconnect();
             await log.stop();
         });
+
+        it("a handler that settles later (DeferredSettlement): the position is the low watermark of the settled messages", async function () {
+            const { backend } = track(await connect(server));
+            const lease = await backend.lease("g");
+            const make = (i: number) => createWireMessage({ generator: lease.generator, sender: { id: "pub" }, topics: "t", payload: { i } });
+            const settles = new Map<number, () => void>();
+            const delivered = new EventEmitter();
+            await backend.subscribeWire("g", "t", "g$slow", (m) => {
+                let settle!: () => void;
+                const settled = new Promise<void>((resolve) => { settle = resolve; });
+                settles.set(m.payload.i as number, settle);
+                delivered.emit("message");
+                return { settled };
+            });
+            const ms = [make(1), make(2), make(3)];
+            for (const m of ms) await backend.publishToTopics("g", m);
+            // delivery does not wait for the settlement: all three come one after another
+            while (settles.size < 3) await once(delivered, "message");
+            await backend.idle();
+            const admin = await server.client();
+            /** The saved position once every settlement callback has run and its SET (same connection) is through. */
+            const position = async () => {
+                await new Promise((r) => setImmediate(r));
+                await backend.redis.ping();
+                return admin.get("eo:pos:g$slow:g:t");
+            };
+            expect(await position(), "nothing settled").to.equal(null);
+            settles.get(2)!();
+            settles.get(3)!();
+            expect(await position(), "1 is not settled: the position stays before it").to.equal(null);
+            settles.get(1)!();
+            expect(await position(), "all settled").to.equal(ms[2]!.id.toString());
+            // a new process of the same client replays nothing
+            const second = track(await connect(server));
+            const again = collector();
+            await second.backend.subscribeWire("g", "t", "g$slow", again.handler);
+            const m4 = make(4);
+            await backend.publishToTopics("g", m4);
+            expect((await again.waitFor(1)).map((m) => m.payload.i)).to.deep.equal([4]);
+            admin.disconnect();
+        });
+
+        it("a process that dies with messages unsettled: the next one replays them from the low watermark", async function () {
+            const first = track(await connect(server));
+            const lease = await first.backend.lease("g");
+            const make = (i: number) => createWireMessage({ generator: lease.generator, sender: { id: "pub" }, topics: "t", payload: { i } });
+            const settles: (() => void)[] = [];
+            const delivered = new EventEmitter();
+            await first.backend.subscribeWire("g", "t", "g$dies", () => {
+                let settle!: () => void;
+                const settled = new Promise<void>((resolve) => { settle = resolve; });
+                settles.push(settle);
+                delivered.emit("message");
+                return { settled };
+            });
+            for (let i = 1; i <= 4; i++) await first.backend.publishToTopics("g", make(i));
+            while (settles.length < 4) await once(delivered, "message");
+            settles[0]!(); // only the first is settled when the process goes
+            await new Promise((r) => setImmediate(r));
+            await first.backend.redis.ping();
+            await first.backend.close();
+            const second = track(await connect(server));
+            const again = collector();
+            await second.backend.subscribeWire("g", "t", "g$dies", again.handler);
+            expect((await again.waitFor(3)).map((m) => m.payload.i)).to.deep.equal([2, 3, 4]);
+            await second.backend.idle();
+            expect(again.messages).to.have.length(3);
+        });
     });
 
     describe("outages", function () {
@@ -266,6 +334,90 @@ describe("RedisMessagingBackend (real redis-server)", function () {
             expect(err).to.be.instanceOf(MessagingUnavailableError);
             expect(backend.closed).to.equal(true);
             await away.stop();
+        });
+
+        it("a publish while Redis is down rejects after publishTimeoutMs with ERR_MESSAGING_UNAVAILABLE, and is not written later", async function () {
+            const down = await startRedisServer({ persist: true });
+            try {
+                const { backend, events } = await connect(down, { publishTimeoutMs: 300 });
+                try {
+                    const lease = await backend.lease("g");
+                    const m = createWireMessage({ generator: lease.generator, sender: { id: "a" }, topics: "t", payload: { k: 1 } });
+                    const closed = backend.redis.status === "ready" ? new Promise((resolve) => backend.redis.once("close", resolve)) : Promise.resolve();
+                    await down.stop({ keepDir: true });
+                    await closed;
+                    let err: unknown;
+                    try { await backend.publishWire("g", "t", m); } catch (e) { err = e; }
+                    expect(err).to.be.instanceOf(MessagingUnavailableError);
+                    const e = err as MessagingUnavailableError;
+                    expect(e.code).to.equal("ERR_MESSAGING_UNAVAILABLE");
+                    expect(e.message).to.contain(`redis://127.0.0.1:${down.port}`);
+                    expect(e.message).to.match(/unreachable for 300 ms/);
+                    expect(e.message).to.match(/nothing was written/);
+                    expect(e.message).to.match(/publish again/);
+                    expect(e.details).to.deep.include({ url: `redis://127.0.0.1:${down.port}`, sent: false });
+                    // Redis comes back: the publish that gave up is not written then; the next one is, once
+                    const reconnected = new Promise((resolve) => events.once("reconnected", resolve));
+                    await down.start();
+                    await reconnected;
+                    const next = createWireMessage({ generator: lease.generator, sender: { id: "a" }, topics: "t", payload: { k: 2 } });
+                    await backend.publishWire("g", "t", next);
+                    const admin = await down.client();
+                    const stored = (await admin.zrange("g:t", "0", "-1")).map((t) => readWireMessage(t).payload);
+                    expect(stored).to.deep.equal([{ k: 2 }]);
+                    expect(await admin.exists(`msg:g:${m.id}`)).to.equal(0);
+                } finally {
+                    await backend.close();
+                }
+            } finally {
+                await down.stop();
+            }
+        });
+
+        it("a publish during an outage shorter than publishTimeoutMs succeeds once Redis is back, written once", async function () {
+            const down = await startRedisServer({ persist: true });
+            try {
+                const sub = await connect(down);
+                const pub = await connect(down, { publishTimeoutMs: 60_000 });
+                try {
+                    const got = collector();
+                    await sub.backend.subscribeWire("g", "t", "g$sub", got.handler);
+                    const lease = await pub.backend.lease("g");
+                    const m = createWireMessage({ generator: lease.generator, sender: { id: "a" }, topics: "t", payload: { k: 1 } });
+                    const closed = pub.backend.redis.status === "ready" ? new Promise((resolve) => pub.backend.redis.once("close", resolve)) : Promise.resolve();
+                    await down.stop({ keepDir: true });
+                    await closed;
+                    const publishing = pub.backend.publishWire("g", "t", m);
+                    let settled = false;
+                    void publishing.then(() => { settled = true; }, () => { settled = true; });
+                    await new Promise((r) => setImmediate(r));
+                    expect(settled, "the publish waits for Redis").to.equal(false);
+                    await down.start();
+                    await publishing;
+                    expect((await got.waitFor(1)).map((x) => x.id)).to.deep.equal([m.id]);
+                    await sub.backend.idle();
+                    const admin = await down.client();
+                    expect(await admin.zcard("g:t")).to.equal(1);
+                    expect(await admin.get(`msg:g:${m.id}`)).to.equal(serializeWireMessage(m));
+                    expect(got.messages).to.have.length(1);
+                } finally {
+                    await sub.backend.close();
+                    await pub.backend.close();
+                }
+            } finally {
+                await down.stop();
+            }
+        });
+
+        it("rejects a bad publishTimeoutMs with a RangeError; the default is MESSAGING_DEFAULTS.publishTimeoutMs", async function () {
+            const { backend } = track(await connect(server));
+            expect(backend.publishTimeoutMs).to.equal(MESSAGING_DEFAULTS.publishTimeoutMs).and.to.equal(30_000);
+            for (const bad of [0, -1, 1.5, Number.NaN]) {
+                let err: unknown;
+                try { await RedisMessagingBackend.connect({ url: server.url, publishTimeoutMs: bad }); } catch (e) { err = e; }
+                expect(err, String(bad)).to.be.instanceOf(RangeError);
+                expect((err as Error).message).to.contain("publishTimeoutMs");
+            }
         });
 
         it("publish after close() is a typed error (ERR_MESSAGING_UNAVAILABLE)", async function () {

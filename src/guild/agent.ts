@@ -4,7 +4,8 @@
  * fn)` in its constructor); messages of other formats are ignored. A payload that does not match
  * the declared format's schema never reaches the handler: the sender gets an ErrorMessage naming
  * the field. A handler that throws before replying also produces an ErrorMessage, so every handled
- * request gets a reply.
+ * request gets a reply. `ctx.signal` is aborted when the agent stops, or when the one who delivered the message
+ * cancels it (`deliver(message, topic, { signal })`: an agent host whose claim on the request was lost).
  */
 import { setMaxListeners } from "node:events";
 import type { Static, TObject } from "@sinclair/typebox";
@@ -313,9 +314,10 @@ export abstract class Agent<P = Record<string, never>> {
     /**
      * Called by the Guild for each message on one of the agent's topics. Ignores the agent's own
      * messages, repeats (same id on two topics) and formats it does not handle.
-     * Returns when the handler is done (the guild does not wait for it).
+     * Returns when the handler is done (the guild does not wait for it). `options.signal` cancels this one
+     * message's handling (its `ctx.signal` is aborted with it, as with the agent's stop).
      */
-    deliver(message: Message, topic: string): Promise<void> {
+    deliver(message: Message, topic: string, options: { signal?: AbortSignal } = {}): Promise<void> {
         if (message.sender?.id === this.id) return Promise.resolve();
         const entry = this.#handlers.get(message.format);
         if (!entry) return Promise.resolve();
@@ -328,16 +330,16 @@ export abstract class Agent<P = Record<string, never>> {
         let finished!: () => void;
         const done = new Promise<void>((resolve) => { finished = resolve; });
         this.#inflight.add(done);
-        return this.#run(entry, message, topic, runtime).finally(() => {
+        return this.#run(entry, message, topic, runtime, options.signal).finally(() => {
             this.#inflight.delete(done);
             finished();
         });
     }
 
-    async #run(entry: HandlerEntry, message: Message, topic: string, runtime: AgentRuntime): Promise<void> {
+    async #run(entry: HandlerEntry, message: Message, topic: string, runtime: AgentRuntime, signal?: AbortSignal): Promise<void> {
         // messages that arrive while onStart() runs wait for it
         if (this.#state === "starting") await this.#started?.catch(() => undefined);
-        const ctx = new ProcessContext<any>(this, runtime, message, topic, this.#abort.signal);
+        const ctx = new ProcessContext<any>(this, runtime, message, topic, signal ? AbortSignal.any([this.#abort.signal, signal]) : this.#abort.signal);
         try {
             if (entry.schema) {
                 const errors = entry.schema.errors(message.payload);

@@ -7,8 +7,37 @@ import { PhiAgentError, PhiRangeError, PhiTypeError } from "../errors.js";
 import type { GemstoneGenerator } from "../messages/ids.js";
 import type { Message } from "../messages/message.js";
 
-/** Receives one message. May return a promise; a rejection is reported, never thrown at the publisher. */
-export type MessageHandler = (message: Message) => void | Promise<void>;
+/**
+ * What a handler returns (or resolves with) to say "handled later": the message is settled when `settled`
+ * resolves. A backend that keeps positions (the Redis one) moves a subscriber's position past a message only once
+ * it is settled, so a process killed meanwhile gets it again from the backlog. `settled` resolving `false` means
+ * "not handled here" (e.g. handed back at shutdown): the position stays before it, and the next subscription of
+ * the same subscriber replays it. A rejection counts as a failed handler. Delivery does not wait for it: the next
+ * message comes as soon as the handler returns.
+ */
+export interface DeferredSettlement {
+    readonly settled: PromiseLike<boolean | void>;
+}
+
+/**
+ * Receives one message. May return a promise; a rejection is reported, never thrown at the publisher. May return
+ * (or resolve with) a DeferredSettlement when the message is only settled later.
+ */
+export type MessageHandler = (message: Message) => void | DeferredSettlement | Promise<void | DeferredSettlement>;
+
+/** Whether a handler's result is a DeferredSettlement. */
+export function isDeferredSettlement(value: unknown): value is DeferredSettlement {
+    return typeof value === "object" && value !== null && typeof (value as { settled?: { then?: unknown } }).settled?.then === "function";
+}
+
+/** Defaults of the messaging backends (their one definition). */
+export const MESSAGING_DEFAULTS = Object.freeze({
+    /**
+     * How long a publish may wait for an unreachable messaging server (ms) before it rejects with a
+     * MessagingUnavailableError; also how long an agent host keeps retrying a request's answer.
+     */
+    publishTimeoutMs: 30_000,
+});
 
 export interface MessagingBackend {
     /**

@@ -7,11 +7,19 @@
  *   written as Python's `Message.to_json()` would write it;
  * - subscribe (per client and topic): `SUBSCRIBE {ns}:{topic}` (once per topic and process), `GET
  *   eo:pos:{client}:{ns}:{topic}`, then the backlog (`ZRANGE 0 -1`, or `ZRANGEBYSCORE <ms of the position> +inf`),
- *   delivered in id order; every handled message sets the position (`SET eo:pos:... <id>`), as Python does;
+ *   delivered in id order; the position is saved (`SET eo:pos:... <id>`, Python's command) as messages are settled;
  * - each client gets its messages one at a time, in order; a handler that throws, and a message that is not a
  *   valid Message, go to `{ns}:dead_letter_queue` as Python writes dead letters, and delivery goes on;
+ * - the position is a low watermark: a handler may return `{ settled }` (DeferredSettlement, backend.ts) to say it
+ *   handles the message later (an agent host queues a request and answers it later); delivery goes on at once, but
+ *   the position only moves past a message once it and every message before it (in (ms, id) order, on that topic,
+ *   for that client) is settled. Python saves the position when the handler returns, so a worker killed with
+ *   requests queued loses them; here a restarted worker replays them;
  * - after a lost connection (a Redis restart, a network cut), it subscribes again and replays every topic from
- *   its saved position, so nothing published meanwhile is lost (Python's backend loses it); repeats are dropped.
+ *   its saved position, so nothing published meanwhile is lost (Python's backend loses it); repeats are dropped;
+ * - a publish waits for an unreachable Redis at most `publishTimeoutMs` (default MESSAGING_DEFAULTS.publishTimeoutMs,
+ *   30 s), then rejects with a MessagingUnavailableError; nothing is queued for Redis meanwhile, so a publish that
+ *   timed out is not written later, and one that waited for the reconnect is written once.
  *
  * `RedisMessagingBackend.connect({ url })` (URLs `redis://[user:password@]host:port[/db]` and `rediss://` for
  * TLS). It implements `MessagingBackend` for TypeScript guilds (GuildBuilder.setRedisMessaging), and offers the
@@ -33,7 +41,7 @@ import {
 } from "../../messages/wire/message.js";
 import type { PyJson } from "../../messages/wire/json.js";
 import { formatFieldErrors } from "../../messages/validation.js";
-import type { MessageHandler, MessagingBackend } from "../backend.js";
+import { MESSAGING_DEFAULTS, isDeferredSettlement, type DeferredSettlement, type MessageHandler, type MessagingBackend } from "../backend.js";
 
 /** How long stored messages live (s): RusticAI's `RUSTIC_AI_REDIS_MSG_TTL`, default 3600. */
 export const DEFAULT_MESSAGE_TTL_S = 3600;
@@ -56,6 +64,11 @@ export interface RedisMessagingBackendOptions {
     deliveryBackendName?: string;
     /** How long the first connection may take (ms). Default 10000. */
     connectTimeoutMs?: number;
+    /**
+     * How long a publish may wait for Redis while it is unreachable (ms), counted from the call; then it rejects
+     * with a MessagingUnavailableError (code ERR_MESSAGING_UNAVAILABLE). Default MESSAGING_DEFAULTS.publishTimeoutMs.
+     */
+    publishTimeoutMs?: number;
     /** Reports what the backend cannot throw at anyone: handler failures, dead letters, reconnects, lease moves. */
     onEvent?: (event: RedisBackendEvent) => void;
 }
@@ -82,7 +95,11 @@ export interface WireDelivery {
     replayed: boolean;
 }
 
-export type WireHandler = (message: WireMessage, delivery: WireDelivery) => void | Promise<void>;
+/**
+ * A wire-level handler. It may return (or resolve with) a DeferredSettlement (`{ settled }`) when it handles the
+ * message later: the next message comes at once, and the position moves past this one when `settled` resolves.
+ */
+export type WireHandler = (message: WireMessage, delivery: WireDelivery) => void | DeferredSettlement | Promise<void | DeferredSettlement>;
 
 interface ClientSub {
     clientId: string;
@@ -91,6 +108,12 @@ interface ClientSub {
     handler: WireHandler;
     /** Ids delivered (or being delivered) to this client on this topic, oldest first. */
     seen: Set<bigint>;
+    /** Order keys (orderKey) of the messages queued or being handled and not settled yet. */
+    outstanding: Set<bigint>;
+    /** Order keys of settled messages the saved position does not cover yet (an earlier one is outstanding), ascending. */
+    settled: bigint[];
+    /** The order key of the position saved (or loaded) last; 0n for none. */
+    savedKey: bigint;
 }
 
 interface ClientQueue {
@@ -103,6 +126,16 @@ type QueueItem =
     | { kind: "invalid"; sub: ClientSub; text: string; error: WireMessageError; value?: PyJson };
 
 const SEEN_LIMIT = 10_000;
+const ID_BITS = 64n;
+const ID_MASK = (1n << ID_BITS) - 1n;
+
+/**
+ * A message's place in a topic's order as the replay reads positions: its ms first, then its id (the replay takes
+ * what has a later ms, or the same ms and a larger id).
+ */
+function orderKey(id: bigint): bigint {
+    return (BigInt(gemstoneParts(id).timestamp) << ID_BITS) | (id & ID_MASK);
+}
 const WIRE = Symbol.for("llm-phi-agent.wireMessage");
 
 /** `redis://user:***@host:port` (the password never appears in errors). */
@@ -167,9 +200,19 @@ function asError(err: unknown): Error {
     return err instanceof Error ? err : new Error(String(err));
 }
 
+function publishTimeout(option: number | undefined): number {
+    if (option === undefined) return MESSAGING_DEFAULTS.publishTimeoutMs;
+    if (typeof option !== "number" || !Number.isInteger(option) || option < 1) {
+        throw new PhiRangeError(`publishTimeoutMs must be a positive integer (ms); got ${String(option)}`);
+    }
+    return option;
+}
+
 export class RedisMessagingBackend implements MessagingBackend {
     readonly url: string;
     readonly messageTtlSeconds: number;
+    /** How long a publish waits for an unreachable Redis (ms). */
+    readonly publishTimeoutMs: number;
     readonly #redis: Redis;
     readonly #sub: Redis;
     readonly #onEvent: RedisMessagingBackendOptions["onEvent"];
@@ -197,6 +240,7 @@ export class RedisMessagingBackend implements MessagingBackend {
     private constructor(options: RedisMessagingBackendOptions, redis: Redis, sub: Redis) {
         this.url = maskRedisUrl(options.url ?? "redis://127.0.0.1:6379");
         this.messageTtlSeconds = messageTtl(options.messageTtlSeconds);
+        this.publishTimeoutMs = publishTimeout(options.publishTimeoutMs);
         this.#redis = redis;
         this.#sub = sub;
         this.#onEvent = options.onEvent;
@@ -222,6 +266,7 @@ export class RedisMessagingBackend implements MessagingBackend {
         if (options === null || typeof options !== "object") throw new PhiTypeError(`RedisMessagingBackend.connect: options must be an object; got ${options === null ? "null" : typeof options}`);
         const url = options.url ?? "redis://127.0.0.1:6379";
         messageTtl(options.messageTtlSeconds);
+        publishTimeout(options.publishTimeoutMs);
         const base: RedisOptions = {
             ...redisOptionsFromUrl(url, options.tls),
             lazyConnect: true,
@@ -319,7 +364,9 @@ export class RedisMessagingBackend implements MessagingBackend {
      * SET msg:... EX, ZADD (score: the id's ms) in a pipeline, then PUBLISH, all with the same JSON. The message is
      * written as it is (set `topic_published_to` first, or use publishToTopics). Publishes of one backend go out
      * in call order. Rejects with a WireMessageError for a message Python could not read (nothing is written), or
-     * a MessagingUnavailableError once the backend is closed.
+     * a MessagingUnavailableError once the backend is closed, or when Redis stayed unreachable for
+     * `publishTimeoutMs` (then nothing is written, unless the commands had gone out before the connection broke:
+     * the error's `details.sent` says so). A publish that waited for a reconnect within the bound is written once.
      */
     publishWire(namespace: string, topic: string, message: WireMessage): Promise<void> {
         this.#assertOpen("publish");
@@ -341,15 +388,21 @@ export class RedisMessagingBackend implements MessagingBackend {
     }
 
     #store(namespace: string, nsTopic: string, id: bigint, timestamp: number, json: string): Promise<void> {
+        // the bound counts from the call (a publish queued behind a waiting one waits no longer)
+        const deadline = performance.now() + this.publishTimeoutMs;
         const run = async () => {
+            const sent = { value: false };
             try {
-                const results = await this.#guard(this.#redis.pipeline()
+                // nothing goes to ioredis's offline queue: what timed out must not be written when Redis comes back
+                await this.#whenReady(deadline, nsTopic, sent);
+                sent.value = true;
+                const results = await this.#bounded(this.#redis.pipeline()
                     .set(`msg:${namespace}:${id}`, json, "EX", this.messageTtlSeconds)
                     .zadd(nsTopic, timestamp, json)
-                    .exec());
+                    .exec(), deadline, nsTopic, sent);
                 const failed = results?.find(([err]) => err);
                 if (failed) throw failed[0];
-                await this.#guard(this.#redis.publish(nsTopic, json));
+                await this.#bounded(this.#redis.publish(nsTopic, json), deadline, nsTopic, sent);
             } catch (err) {
                 throw this.#unavailable(`publish to ${nsTopic}`, err);
             }
@@ -357,6 +410,36 @@ export class RedisMessagingBackend implements MessagingBackend {
         const p = this.#publishChain.then(run, run);
         this.#publishChain = p.catch(() => undefined);
         return p;
+    }
+
+    /** Resolves when the command connection is ready; rejects once `deadline` (performance.now()) has passed. */
+    #whenReady(deadline: number, nsTopic: string, sent: { value: boolean }): Promise<void> {
+        if (this.#redis.status === "ready") return Promise.resolve();
+        let onReady!: () => void;
+        const ready = new Promise<void>((resolve) => {
+            onReady = resolve;
+            this.#redis.once("ready", onReady);
+        });
+        return this.#bounded(ready, deadline, nsTopic, sent).finally(() => this.#redis.off("ready", onReady));
+    }
+
+    /** `p`, raced with the publish's deadline and with close() giving up. */
+    #bounded<T>(p: Promise<T>, deadline: number, nsTopic: string, sent: { value: boolean }): Promise<T> {
+        let timer: NodeJS.Timeout | undefined;
+        const timeout = new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(this.#publishTimedOut(nsTopic, sent.value)), Math.max(0, deadline - performance.now()));
+        });
+        return Promise.race([p, timeout, this.#abandoned]).finally(() => clearTimeout(timer));
+    }
+
+    #publishTimedOut(nsTopic: string, sent: boolean): MessagingUnavailableError {
+        return new MessagingUnavailableError(
+            `Redis at ${this.url} was unreachable for ${this.publishTimeoutMs} ms, so the publish to ${nsTopic} gave up ` +
+            (sent
+                ? "after its commands had gone out (it may still be applied when Redis is back). "
+                : "(nothing was written). ") +
+            "Check that redis-server runs there and is reachable, then publish again; or raise publishTimeoutMs",
+            { details: { url: this.url, topic: nsTopic, timeoutMs: this.publishTimeoutMs, sent } });
     }
 
     /** The stored messages with these ids (`GET msg:{ns}:{id}`, for `enrich_with_history`); missing ones are left out. */
@@ -381,7 +464,8 @@ export class RedisMessagingBackend implements MessagingBackend {
      * Subscribes `clientId` to `topic` in `namespace` with Python's per-client delivery: SUBSCRIBE (first client of
      * the topic here), GET its position, replay the backlog after it, then live messages, one at a time, in order;
      * the position is saved after each. Resolves once subscribed and the backlog is queued. A second subscribe of
-     * the same client and topic replaces the handler.
+     * the same client and topic replaces the handler. The position moves past a message once it is settled: when
+     * the handler returns, or, when it returns `{ settled }`, when that resolves (WireHandler).
      */
     async subscribeWire(namespace: string, topic: string, clientId: string, handler: WireHandler): Promise<void> {
         this.#assertOpen("subscribe");
@@ -396,7 +480,7 @@ export class RedisMessagingBackend implements MessagingBackend {
             existing.handler = handler;
             return;
         }
-        const sub: ClientSub = { clientId, namespace, topic: nsTopic, handler, seen: new Set() };
+        const sub: ClientSub = { clientId, namespace, topic: nsTopic, handler, seen: new Set(), outstanding: new Set(), settled: [], savedKey: 0n };
         clients.set(clientId, sub);
         try {
             if (first) this.#subscribed.set(nsTopic, this.#sub.subscribe(nsTopic));
@@ -434,6 +518,7 @@ export class RedisMessagingBackend implements MessagingBackend {
     async #replay(sub: ClientSub): Promise<number> {
         const raw = await this.#guard(this.#redis.get(positionKey(sub.clientId, sub.topic)));
         const last = raw !== null && /^\d+$/.test(raw) ? BigInt(raw) : 0n;
+        if (last !== 0n && orderKey(last) > sub.savedKey) sub.savedKey = orderKey(last);
         const texts = await this.#guard(last === 0n
             ? this.#redis.zrange(sub.topic, "0", "-1")
             : this.#redis.zrangebyscore(sub.topic, String(gemstoneParts(last).timestamp), "+inf"));
@@ -497,6 +582,7 @@ export class RedisMessagingBackend implements MessagingBackend {
             if (item.sub.seen.has(item.message.id)) return;
             item.sub.seen.add(item.message.id);
             if (item.sub.seen.size > SEEN_LIMIT) item.sub.seen.delete(item.sub.seen.values().next().value!);
+            item.sub.outstanding.add(orderKey(item.message.id));
         }
         let q = this.#queues.get(item.sub.clientId);
         if (!q) this.#queues.set(item.sub.clientId, (q = { items: [], running: false }));
@@ -523,15 +609,60 @@ export class RedisMessagingBackend implements MessagingBackend {
 
     async #deliver(item: Extract<QueueItem, { kind: "message" }>): Promise<void> {
         const { sub, message } = item;
+        let result: unknown;
         try {
-            await sub.handler(message, { topic: sub.topic, text: item.text, replayed: item.replayed });
+            result = await sub.handler(message, { topic: sub.topic, text: item.text, replayed: item.replayed });
         } catch (err) {
-            const error = asError(err);
-            this.#emit({ type: "handler_error", clientId: sub.clientId, topic: sub.topic, messageId: message.id, error });
-            await this.#deadLetter(sub, message, error.name || error.constructor?.name || "Error", error.message);
+            await this.#handlerFailed(sub, message, err);
+            result = undefined;
         }
+        if (isDeferredSettlement(result)) {
+            // settled later: delivery goes on now; the position moves when it settles (and all before it have)
+            Promise.resolve(result.settled).then(
+                (ok) => this.#settle(sub, message.id, ok !== false),
+                async (err: unknown) => {
+                    await this.#handlerFailed(sub, message, err);
+                    await this.#settle(sub, message.id, true);
+                });
+            return;
+        }
+        await this.#settle(sub, message.id, true);
+    }
+
+    async #handlerFailed(sub: ClientSub, message: WireMessage, err: unknown): Promise<void> {
+        const error = asError(err);
+        this.#emit({ type: "handler_error", clientId: sub.clientId, topic: sub.topic, messageId: message.id, error });
+        await this.#deadLetter(sub, message, error.name || error.constructor?.name || "Error", error.message);
+    }
+
+    /**
+     * A message is settled (`handled`), or given up unhandled (`handled` false: the position never moves past it
+     * while this subscription lasts, so the next one replays it). Saves the new low watermark, if it moved: the
+     * largest settled message such that none before it (in the replay's order) is outstanding.
+     */
+    async #settle(sub: ClientSub, id: bigint, handled: boolean): Promise<void> {
+        const key = orderKey(id);
+        if (!handled) return; // it stays outstanding
+        if (!sub.outstanding.delete(key)) return;
+        if (key > sub.savedKey) {
+            let i = sub.settled.length;
+            while (i > 0 && sub.settled[i - 1]! > key) i--;
+            sub.settled.splice(i, 0, key);
+        }
+        let low: bigint | undefined;
+        for (const k of sub.outstanding) if (low === undefined || k < low) low = k;
+        let n = 0;
+        while (n < sub.settled.length && (low === undefined || sub.settled[n]! < low)) n++;
+        if (n === 0) return;
+        const position = sub.settled[n - 1]!;
+        sub.settled.splice(0, n);
+        if (position <= sub.savedKey || this.#closed) return;
+        // a client that subscribed again has a newer record of its own: an old one's late settlement leaves it be
+        const current = this.#topics.get(sub.topic)?.get(sub.clientId);
+        if (current !== undefined && current !== sub) return;
+        sub.savedKey = position;
         try {
-            await this.#guard(this.#redis.set(positionKey(sub.clientId, sub.topic), message.id.toString()));
+            await this.#guard(this.#redis.set(positionKey(sub.clientId, sub.topic), (position & ID_MASK).toString()));
         } catch (err) {
             this.#emit({ type: "position_failed", clientId: sub.clientId, topic: sub.topic, error: asError(err) });
         }

@@ -14,16 +14,24 @@
  *
  * Generation itself is LLMPhiAgent's (src/agent/LLMPhiAgent.ts): the host delivers each request to it and
  * turns the replies it sends into Python's. With `claims` (claims.ts), several hosts with the same agent
- * id share the requests, each answered once.
+ * id share the requests, each answered once. A replica that loses a request's claim (its lease ran out, e.g.
+ * after a stall) aborts that generation at once, freeing the model's slot; another replica answers it.
+ *
+ * A request is queued when it arrives and answered later, so its handler returns a DeferredSettlement
+ * (backend.ts): the Redis backend moves the saved position past a request only once it is settled — answered,
+ * answered with an error, dropped, found done or too old, or answered by the replica that holds its claim. A
+ * request handed back at stop (or whose answer could not be published) stays unsettled, so a worker killed or
+ * stopped with requests queued gets them again from the backlog when it restarts; the claims' done marks keep it
+ * from answering twice what was answered already (a lone replica has done marks too).
  */
-import { PhiRangeError, PhiTypeError, InvalidStateError } from "../../errors.js";
+import { PhiAgentError, PhiRangeError, PhiTypeError, InvalidStateError } from "../../errors.js";
 import { LLMPhiAgent } from "../../agent/LLMPhiAgent.js";
 import { PhiAgentProps, type PhiAgentPropsInit } from "../../agent/PhiAgentProps.js";
 import { ErrorMessage, GenerationPromptRequest } from "../../messages/formats.js";
 import { GemstoneGenerator, Priority } from "../../messages/ids.js";
 import { topicsOf, type Message } from "../../messages/message.js";
 import type { AgentRuntime } from "../agent.js";
-import type { MessagingBackend } from "../backend.js";
+import { MESSAGING_DEFAULTS, type DeferredSettlement, type MessagingBackend } from "../backend.js";
 import { AgentBuilder } from "../builders.js";
 import type { GuildEvent, GuildEventBody } from "../events.js";
 import type { ClaimResult, RequestClaims } from "../claims.js";
@@ -129,6 +137,15 @@ interface Pending {
     /** The answer went out together with its done mark (publishAnswer). */
     answeredAtomically?: boolean;
     started: number;
+    /** Aborts the request's generation (its claim was lost). */
+    abort: AbortController;
+}
+
+/** A request received and not started yet; `settle` tells the backend it is settled (DeferredSettlement). */
+interface Queued {
+    m: RusticMessage;
+    started: number;
+    settle: (handled: boolean) => void;
 }
 
 const SEEN_LIMIT = 8192;
@@ -153,7 +170,9 @@ export class AgentHost {
     readonly #pending = new Map<string, Pending>();
     readonly #inflight = new Set<Promise<void>>();
     /** Requests received and not started yet (with replicas: not claimed yet). */
-    readonly #queue: { m: RusticMessage; started: number }[] = [];
+    readonly #queue: Queued[] = [];
+    /** Settle functions of the requests not settled yet (those left at stop are given up unhandled). */
+    readonly #unsettled = new Set<(handled: boolean) => void>();
     #queueClosed = false;
     #pumpRun?: Promise<void>;
     #pumping = false;
@@ -208,7 +227,8 @@ export class AgentHost {
                 if (p && !p.handedBack) {
                     p.handedBack = true;
                     p.outcome = "dropped";
-                    this.#log("warn", `lost the claim on request ${id} (its lease ran out); another replica answers it`);
+                    this.#log("warn", `lost the claim on request ${id} (its lease ran out); its generation is stopped, another replica answers it`);
+                    p.abort.abort(new PhiAgentError("ERR_CLAIM_LOST", `the claim on request ${id} was lost (its lease ran out); another replica answers it`));
                 }
             };
         }
@@ -308,7 +328,9 @@ export class AgentHost {
             }
         }
         this.#queueClosed = true;
-        const left = this.#queue.splice(0).length;
+        const leftOver = this.#queue.splice(0);
+        for (const q of leftOver) q.settle(false); // not answered here: replayed when a worker subscribes again
+        const left = leftOver.length;
         let handedBack = 0;
         for (const [id, p] of this.#pending) {
             if (p.handedBack || p.replyIds.length > 0) continue;
@@ -323,6 +345,8 @@ export class AgentHost {
         }
         await this.#agent.stop();
         await Promise.allSettled([...this.#inflight]);
+        // watched requests that another replica held, and anything else not settled: given up unhandled
+        for (const settle of [...this.#unsettled]) settle(false);
         await this.#claims?.close();
         this.#state = "stopped";
         return { finished: wasRunning ? Math.max(0, before - handedBack - left) : 0, handedBack, left };
@@ -337,15 +361,15 @@ export class AgentHost {
         return this.#state === "starting" || this.#state === "running";
     }
 
-    #receive(raw: Message, subscribedTopic: string): Promise<void> {
-        if (!this.#taking) return Promise.resolve();
+    #receive(raw: Message, subscribedTopic: string): Promise<void | DeferredSettlement> {
+        if (!this.#taking) return Promise.resolve({ settled: Promise.resolve(false) });
         const work = this.#dispatch(raw, subscribedTopic).catch((err: unknown) => {
             this.#log("error", `message ${raw?.id} on ${subscribedTopic}: ${(err as Error)?.message ?? String(err)}`);
         });
         return work;
     }
 
-    async #dispatch(raw: Message, subscribedTopic: string): Promise<void> {
+    async #dispatch(raw: Message, subscribedTopic: string): Promise<void | DeferredSettlement> {
         const m = rusticMessageOf(raw);
         const tp = m.topic_published_to ?? subscribedTopic;
         m.topic_published_to = tp;
@@ -360,7 +384,7 @@ export class AgentHost {
         if (!normal && !essential) return;
         switch (m.format) {
             case GenerationPromptRequest.format:
-                if (normal) await this.#request(m);
+                if (normal) return this.#request(m);
                 return;
             case SystemFormats.HEALTH_CHECK_REQUEST:
                 await this.#healthCheck(m);
@@ -378,23 +402,30 @@ export class AgentHost {
         }
     }
 
-    async #request(m: RusticMessage): Promise<void> {
-        if (this.#seen.has(m.id)) return; // the same request on two of our topics
+    #request(m: RusticMessage): DeferredSettlement | undefined {
+        if (this.#seen.has(m.id)) return undefined; // the same request on two of our topics (settled on the first)
         this.#seen.add(m.id);
         if (this.#seen.size > SEEN_LIMIT) this.#seen.delete(this.#seen.values().next().value!);
-        await this.#take(m);
+        return this.#take(m);
     }
 
     /**
-     * Queues the request and resolves at once, not when it is answered: a backend that hands a client its
+     * Queues the request and returns at once, not when it is answered: a backend that hands a client its
      * messages one at a time (the Redis one, as Python's) goes on delivering meanwhile, so requests are generated
-     * together and health checks are answered at once.
+     * together and health checks are answered at once. What it returns settles when the request does (the
+     * Redis backend saves the position then).
      */
-    #take(m: RusticMessage): Promise<void> {
-        if (!this.#taking) return Promise.resolve();
-        this.#queue.push({ m, started: Date.now() });
+    #take(m: RusticMessage): DeferredSettlement {
+        if (!this.#taking) return { settled: Promise.resolve(false) };
+        let resolve!: (handled: boolean) => void;
+        const settled = new Promise<boolean>((r) => { resolve = r; });
+        const settle = (handled: boolean) => {
+            if (this.#unsettled.delete(settle)) resolve(handled);
+        };
+        this.#unsettled.add(settle);
+        this.#queue.push({ m, started: Date.now(), settle });
         void this.#pump();
-        return Promise.resolve();
+        return { settled };
     }
 
     /**
@@ -409,36 +440,44 @@ export class AgentHost {
         const run = (async () => {
             try {
                 while (this.#queue.length > 0 && !this.#queueClosed && (!this.#claims || this.#inflight.size < this.#capacity)) {
-                    const { m, started } = this.#queue.shift()!;
+                    const entry = this.#queue.shift()!;
+                    const { m, started, settle } = entry;
                     if (this.#claims) {
                         let claim: ClaimResult;
                         try {
                             claim = await this.#claims.claim(m.id);
                         } catch (err) {
                             // Redis is away: try again in a moment (the backend reconnects by itself)
-                            this.#queue.unshift({ m, started });
+                            this.#queue.unshift(entry);
                             this.#log("warn", `request ${m.id}: could not claim it (${(err as Error).message}); retrying`);
                             setTimeout(() => void this.#pump(), 500).unref();
                             return;
                         }
                         if (claim !== "claimed") {
                             if (claim === "taken") {
+                                // settled once its holder answers it, or once this host does after it was freed
                                 this.#claims.watch(m.id, () => {
-                                    if (!this.#taking) return;
-                                    this.#queue.unshift({ m, started });
+                                    if (!this.#taking) return settle(false);
+                                    this.#queue.unshift(entry);
                                     void this.#pump();
-                                });
+                                }, () => settle(true));
+                            } else {
+                                settle(true); // done, or too old to answer from a replay
                             }
                             this.#line(m, claim === "done" ? "duplicate" : claim, [], [], started);
                             continue;
                         }
                         if (this.#queueClosed) {
                             await this.#claims.release(m.id).catch(() => undefined);
+                            settle(false);
                             continue;
                         }
                     }
                     const work: Promise<void> = this.#work(m, started)
-                        .catch((err: unknown) => this.#log("error", `request ${m.id}: ${(err as Error)?.message ?? String(err)}`))
+                        .then((outcome) => settle(outcome !== "handed_back"), (err: unknown) => {
+                            this.#log("error", `request ${m.id}: ${(err as Error)?.message ?? String(err)}`);
+                            settle(false);
+                        })
                         .finally(() => {
                             this.#inflight.delete(work);
                             void this.#pump();
@@ -453,27 +492,27 @@ export class AgentHost {
         return run;
     }
 
-    async #work(m: RusticMessage, started: number): Promise<void> {
+    /** Generates and answers a claimed request; resolves with its outcome. */
+    async #work(m: RusticMessage, started: number): Promise<RequestLine["outcome"]> {
         let ctx: RusticProcessContext;
         try {
             ctx = new RusticProcessContext(this.#contextHost(), m, PROCESSORS.GENERATE);
         } catch (err) {
             // the routing slip is not one Python could have sent: answer on error_topic, skipping the slip
             const bare = new RusticProcessContext(this.#contextHost(), { ...m, routing_slip: null }, PROCESSORS.GENERATE);
-            await this.#finish(m, bare, started, async (p) => { await this.#publishReplies(p, [bare.sendErrorDirect(this.#errorPayload(err))]); });
-            return;
+            return this.#finish(m, bare, started, async (p) => { await this.#publishReplies(p, [bare.sendErrorDirect(this.#errorPayload(err))]); });
         }
-        await this.#finish(m, ctx, started, async (p) => {
+        return this.#finish(m, ctx, started, async (p) => {
             if ((m.enrich_with_history ?? 0) > 0) await this.#enrich(m, ctx);
-            // the agent validates, generates and replies through #fromAgent
-            await this.#agent.deliver(this.#forAgent(m), m.topic_published_to ?? GuildTopics.DEFAULT_TOPIC);
+            // the agent validates, generates and replies through #fromAgent; a lost claim aborts the generation
+            await this.#agent.deliver(this.#forAgent(m), m.topic_published_to ?? GuildTopics.DEFAULT_TOPIC, { signal: p.abort.signal });
             await p.chain;
         });
     }
 
-    /** Runs `body` for a claimed request, then completes or releases its claim and reports it. */
-    async #finish(m: RusticMessage, ctx: RusticProcessContext, started: number, body: (p: Pending) => Promise<void>): Promise<void> {
-        const p: Pending = { ctx, chain: Promise.resolve(), replyIds: [], replyTopics: new Set(), handedBack: false, started };
+    /** Runs `body` for a claimed request, then completes or releases its claim and reports it; resolves with its outcome. */
+    async #finish(m: RusticMessage, ctx: RusticProcessContext, started: number, body: (p: Pending) => Promise<void>): Promise<RequestLine["outcome"]> {
+        const p: Pending = { ctx, chain: Promise.resolve(), replyIds: [], replyTopics: new Set(), handedBack: false, started, abort: new AbortController() };
         this.#pending.set(m.id, p);
         try {
             await body(p);
@@ -498,6 +537,7 @@ export class AgentHost {
         }
         const outcome = p.outcome ?? (p.replyIds.length === 0 ? "dropped" : "answered");
         this.#line(m, outcome, p.replyIds, [...p.replyTopics], started, p);
+        return outcome;
     }
 
     /** The request as LLMPhiAgent reads it. */
@@ -519,6 +559,9 @@ export class AgentHost {
         }
         const payload = message.payload as Record<string, unknown>;
         const isError = message.is_error_message === true;
+        // handed back or claim lost: nothing goes out, and the outcome stays what it says (e.g. the AbortError of a
+        // generation stopped for a lost claim is not the request's answer)
+        if (p.handedBack) return;
         if (isError) {
             p.outcome = "error";
             p.error = { type: String(payload.error_type), message: String(payload.error_message) };
@@ -579,11 +622,11 @@ export class AgentHost {
 
     /**
      * publishAnswer, sent again while Redis is away (a restart, a cut link): the script is idempotent, so a retry
-     * after a lost reply writes nothing twice. Gives up after 30 s (the claim's lease has run out by then and
-     * another replica answers).
+     * after a lost reply writes nothing twice. Gives up after MESSAGING_DEFAULTS.publishTimeoutMs (30 s), the
+     * bound of every publish (the claim's lease has run out by then and another replica answers).
      */
     async #answerAtomically(requestId: string, replies: RusticMessage[]): Promise<boolean> {
-        const deadline = Date.now() + 30_000;
+        const deadline = Date.now() + MESSAGING_DEFAULTS.publishTimeoutMs;
         for (let attempt = 0; ; attempt++) {
             try {
                 return await this.#publishAnswer!(requestId, replies);

@@ -21,6 +21,8 @@ export interface JoinRedisGuildOptions {
     /** The claims' lease (ms); see claims.ts. */
     claimLeaseMs?: number;
     claimDoneTtlMs?: number;
+    /** How long a publish waits for an unreachable Redis (ms); default MESSAGING_DEFAULTS.publishTimeoutMs (backend.ts). */
+    publishTimeoutMs?: number;
     /** Messages of the backend worth a line (reconnects, dead letters, lease moves). */
     onLog?: (level: "info" | "warn" | "error", message: string) => void;
 }
@@ -58,6 +60,7 @@ function describe(e: RedisBackendEvent): [("info" | "warn" | "error"), string] |
 export async function joinRedisGuild(options: JoinRedisGuildOptions): Promise<JoinedRedisGuild> {
     const backend = await RedisMessagingBackend.connect({
         url: options.url,
+        ...(options.publishTimeoutMs !== undefined ? { publishTimeoutMs: options.publishTimeoutMs } : {}),
         onEvent: (e) => {
             const line = describe(e);
             if (line) options.onLog?.(...line);
