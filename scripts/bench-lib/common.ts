@@ -52,29 +52,37 @@ export function peakRssKb(): number {
     return process.resourceUsage().maxRSS;
 }
 
+/** Calls `f` with each complete line of a child's output stream (without its newline). */
+function onLines(stream: NodeJS.ReadableStream, f: (line: string) => void): void {
+    let buf = "";
+    stream.setEncoding("utf8");
+    stream.on("data", (d: string) => {
+        buf += d;
+        let nl: number;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+            const line = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            f(line);
+        }
+    });
+}
+
 /** Runs a worker in its own Node process (so every side has its own memory and threads). */
 export function runWorker<T>(script: string, job: unknown, onProgress: (text: string) => void, timeoutMs: number): Promise<T> {
     return new Promise((resolve, reject) => {
         const child = spawn(process.execPath, [script, JSON.stringify(job)], { stdio: ["ignore", "pipe", "pipe"] });
         let out = "";
         const errTail: string[] = [];
-        let errBuf = "";
         const timer = setTimeout(() => {
             child.kill("SIGKILL");
             reject(new Error(`${path.basename(script)} ran longer than ${Math.round(timeoutMs / 1000)} s and was stopped`));
         }, timeoutMs);
         child.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
-        child.stderr.setEncoding("utf8").on("data", (d: string) => {
-            errBuf += d;
-            let nl: number;
-            while ((nl = errBuf.indexOf("\n")) >= 0) {
-                const line = errBuf.slice(0, nl);
-                errBuf = errBuf.slice(nl + 1);
-                if (line.startsWith(PROGRESS)) onProgress(line.slice(PROGRESS.length));
-                else if (line.trim()) {
-                    errTail.push(line);
-                    if (errTail.length > 30) errTail.shift();
-                }
+        onLines(child.stderr, (line) => {
+            if (line.startsWith(PROGRESS)) onProgress(line.slice(PROGRESS.length));
+            else if (line.trim()) {
+                errTail.push(line);
+                if (errTail.length > 30) errTail.shift();
             }
         });
         child.on("error", (err) => {
@@ -109,15 +117,8 @@ export async function startLineWorker(script: string, job: unknown): Promise<Lin
     let err = "";
     child.stderr.setEncoding("utf8").on("data", (d: string) => (err = (err + d).slice(-2000)));
     const waiting: { resolve: (line: string) => void; reject: (e: Error) => void }[] = [];
-    let buf = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => {
-        buf += d;
-        let nl: number;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-            const line = buf.slice(0, nl);
-            buf = buf.slice(nl + 1);
-            if (line.startsWith(RESULT)) waiting.shift()?.resolve(line.slice(RESULT.length));
-        }
+    onLines(child.stdout, (line) => {
+        if (line.startsWith(RESULT)) waiting.shift()?.resolve(line.slice(RESULT.length));
     });
     child.once("exit", (code) => {
         for (const w of waiting.splice(0)) w.reject(new Error(`${path.basename(script)} exited (${code}): ${err}`));
