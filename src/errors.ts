@@ -34,7 +34,7 @@ export type PhiErrorCode =
     | "ERR_MESSAGING_UNAVAILABLE"
     /** A routing slip step needs something the agent host does not run (a CEL expression). */
     | "ERR_UNSUPPORTED_ROUTE"
-    /** A replica's claim on a request was lost (its lease ran out, or Redis forgot it) before it answered. */
+    /** A replica's claim on a request was lost (its lease ran out, or Redis forgot it) before it answered, or never won (a request started while its claim was on its way). */
     | "ERR_CLAIM_LOST"
     /** Typed output (a JSON schema) cut short by the token budget or the context before the document was complete. */
     | "ERR_OUTPUT_INCOMPLETE";

@@ -323,6 +323,135 @@ describe("phi agent in a RusticAI guild over Redis (real redis-server, tiny mode
         });
     });
 
+    describe("AgentHost over Redis: a request started while its claim is on its way", () => {
+        const GUILD = "speculative";
+        const CLAIM_DELAY_MS = 250;
+        let joined: JoinedRedisGuild;
+        let host: AgentHost;
+        const lines = new EventEmitter();
+        /** Each generate() of the model: its prompt, when it began (performance.now()) and how it ended. */
+        const generations: { prompt: string; at: number; error?: unknown }[] = [];
+        /** When each claim's answer reached the host (performance.now()), by request id. */
+        const claimedAt = new Map<string, { at: number; result: string }>();
+        let backlog: WireMessage;
+
+        class WatchedAgent extends LLMPhiAgent {
+            protected override async loadModel(options: LoadOptions): Promise<PhiModel> {
+                const model = await super.loadModel(options);
+                const generate = model.generate.bind(model);
+                model.generate = async (prompt, o = {}) => {
+                    const g: { prompt: string; at: number; error?: unknown } = { prompt, at: performance.now() };
+                    generations.push(g);
+                    try {
+                        return await generate(prompt, o);
+                    } catch (error) {
+                        g.error = error;
+                        throw error;
+                    }
+                };
+                return model;
+            }
+        }
+
+        const generationsOf = (prompt: string) => generations.filter((g) => g.prompt === prompt);
+        const request = (prompt: string, maxTokens = 4) => pyMessage("request", { payload: { generation_prompt: prompt, max_tokens: maxTokens } });
+
+        before(async () => {
+            joined = await joinRedisGuild({ url: server.url, guildId: GUILD, agentId: "phi_agent" });
+            // the real claims, with each claim's answer held back a while, as a far Redis would
+            const real = joined.claims;
+            const claims = new Proxy(real, {
+                get(target, key) {
+                    if (key === "claim") {
+                        return async (id: string) => {
+                            const result = await target.claim(id);
+                            await new Promise((r) => setTimeout(r, CLAIM_DELAY_MS));
+                            claimedAt.set(id, { at: performance.now(), result });
+                            return result;
+                        };
+                    }
+                    const v = Reflect.get(target, key, target) as unknown;
+                    return typeof v === "function" ? v.bind(target) : v;
+                },
+                set(target, key, value) {
+                    return Reflect.set(target, key, value, target);
+                },
+            });
+            // published before the host subscribes: it comes from the backlog replay
+            backlog = await send(redis, GUILD, request("From the backlog"));
+            host = new AgentHost({
+                backend: joined.backend, guildId: GUILD, props: { modelPath, device: "cpu", threads: 1, contextSize: 2048 },
+                agentClass: WatchedAgent, ids: joined.ids, claims, history: joined.history, publishAnswer: joined.publishAnswer,
+                onEvent: (e) => { if (e.type === "request") lines.emit(e.requestId, e); },
+            });
+            const backlogLine = once(lines, String(backlog.id)) as Promise<[RequestLine]>;
+            await host.start();
+            expect((await backlogLine)[0].outcome).to.equal("answered");
+        });
+        after(async () => {
+            await host?.stop();
+            await joined?.close();
+        });
+
+        it("a request from the backlog replay waits for its claim before it generates", () => {
+            const [g, ...more] = generationsOf("From the backlog");
+            expect(more).to.deep.equal([]);
+            expect(g!.at).to.be.greaterThan(claimedAt.get(String(backlog.id))!.at);
+        });
+
+        it("a live request generates while its claim is on its way; its answer goes out only once the claim came back", async () => {
+            const l = await Listener.start(server, GUILD, ["default_topic"]);
+            const req = await send(redis, GUILD, request("Live and alone"));
+            const reply = await l.replyTo(req.id);
+            const repliedAt = performance.now();
+            const claim = claimedAt.get(String(req.id))!;
+            expect(claim.result).to.equal("claimed");
+            const [g, ...more] = generationsOf("Live and alone");
+            expect(more).to.deep.equal([]);
+            expect(g!.at, "the generation began after the claim came back").to.be.lessThan(claim.at);
+            expect(repliedAt).to.be.greaterThan(claim.at);
+            expect(reply.message.format).to.equal(GenerationPromptResponse.format);
+            await new Promise((r) => setTimeout(r, 100));
+            expect(l.answersTo(req.id)).to.have.length(1);
+            expect(await redis.get(joined.claims.key(String(req.id)))).to.match(/^done:/);
+            await l.sub.quit();
+        });
+
+        it("a live request another replica holds: its generation stops when the claim comes back taken, nothing goes out; then claims come first, and the request is answered once when freed", async () => {
+            const l = await Listener.start(server, GUILD, ["default_topic", "error_topic"]);
+            const a = request("Held by another", 600); // generates for longer than the claim takes to come back
+            await redis.set(joined.claims.key(String(a.id)), "other-replica", "PX", 60_000);
+            const aLine = once(lines, String(a.id)) as Promise<[RequestLine]>;
+            await send(redis, GUILD, a);
+            expect((await aLine)[0].outcome).to.equal("taken");
+            const [ga, ...moreA] = generationsOf("Held by another");
+            expect(moreA).to.deep.equal([]);
+            expect(ga!.at).to.be.lessThan(claimedAt.get(String(a.id))!.at);
+            expect(ga!.error, "the speculative generation was stopped").to.be.instanceOf(AbortError);
+            expect((ga!.error as Error).message).to.match(/was not claimed by this replica \(taken\)/);
+            expect(l.answersTo(a.id)).to.deep.equal([]);
+            // another replica is at work: the next live request waits for its claim
+            const b = request("Contended");
+            await redis.set(joined.claims.key(String(b.id)), "other-replica", "PX", 60_000);
+            const bLine = once(lines, String(b.id)) as Promise<[RequestLine]>;
+            await send(redis, GUILD, b);
+            expect((await bLine)[0].outcome).to.equal("taken");
+            expect(generationsOf("Contended"), "no generation for a request another replica holds").to.deep.equal([]);
+            // the other replica hands `a` back (as its RELEASE does): this host claims it, then answers it, once
+            await redis.del(joined.claims.key(String(a.id)));
+            await redis.publish(`claim:${GUILD}:phi_agent`, String(a.id));
+            const reply = await l.replyTo(a.id);
+            expect(reply.message.format).to.equal(GenerationPromptResponse.format);
+            const [, again, ...rest] = generationsOf("Held by another");
+            expect(rest).to.deep.equal([]);
+            expect(again!.at, "after the contention, the generation waits for the claim").to.be.greaterThan(claimedAt.get(String(a.id))!.at);
+            await new Promise((r) => setTimeout(r, 100));
+            expect(l.answersTo(a.id)).to.have.length(1);
+            expect(l.answersTo(b.id)).to.deep.equal([]);
+            await l.sub.quit();
+        });
+    });
+
     describe("phi-agent agent (worker processes)", () => {
         interface Worker { child: ChildProcess; replica: string; lines: Record<string, unknown>[]; stderr: string; exit: Promise<[number | null, string | null]> }
         const workers: Worker[] = [];

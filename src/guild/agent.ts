@@ -315,14 +315,16 @@ export abstract class Agent<P = Record<string, never>> {
      * Called by the Guild for each message on one of the agent's topics. Ignores the agent's own
      * messages, repeats (same id on two topics) and formats it does not handle.
      * Returns when the handler is done (the guild does not wait for it). `options.signal` cancels this one
-     * message's handling (its `ctx.signal` is aborted with it, as with the agent's stop).
+     * message's handling (its `ctx.signal` is aborted with it, as with the agent's stop). `options.repeat`
+     * delivers a message again on purpose (a host that stopped its first handling, e.g. a request started while
+     * its claim was on its way and claimed later, after another replica gave it back).
      */
-    deliver(message: Message, topic: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+    deliver(message: Message, topic: string, options: { signal?: AbortSignal; repeat?: boolean } = {}): Promise<void> {
         if (message.sender?.id === this.id) return Promise.resolve();
         const entry = this.#handlers.get(message.format);
         if (!entry) return Promise.resolve();
         if (this.#state === "stopping" || this.#state === "stopped") return Promise.resolve();
-        if (this.#seen.has(message.id)) return Promise.resolve();
+        if (this.#seen.has(message.id) && options.repeat !== true) return Promise.resolve();
         this.#seen.add(message.id);
         if (this.#seen.size > SEEN_LIMIT) this.#seen.delete(this.#seen.values().next().value!);
         const runtime = this.#requireRuntime("deliver");

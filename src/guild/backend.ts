@@ -23,7 +23,16 @@ export interface DeferredSettlement {
  * Receives one message. May return a promise; a rejection is reported, never thrown at the publisher. May return
  * (or resolve with) a DeferredSettlement when the message is only settled later.
  */
-export type MessageHandler = (message: Message) => void | DeferredSettlement | Promise<void | DeferredSettlement>;
+export type MessageHandler = (message: Message, info?: DeliveryInfo) => void | DeferredSettlement | Promise<void | DeferredSettlement>;
+
+/** What a backend may tell a handler besides the message. */
+export interface DeliveryInfo {
+    /**
+     * The message came from a replay of the topic's backlog (a subscription starting, or a reconnect), not live:
+     * it may be old, and may have been handled already (by this subscriber before it restarted, or by another).
+     */
+    readonly replayed: boolean;
+}
 
 /** Whether a handler's result is a DeferredSettlement. */
 export function isDeferredSettlement(value: unknown): value is DeferredSettlement {

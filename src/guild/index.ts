@@ -12,7 +12,7 @@ export { AgentBuilder, GuildBuilder, agentSpecToJSON, type AgentPropsOf, type Ag
 export { Guild, type GuildSpec, type GuildState } from "./guild.js";
 export { GuildClient, ProbeClient, GuildTimeoutError, type PublishOptions, type RequestOptions } from "./client.js";
 export {
-    InMemoryMessagingBackend, MESSAGING_DEFAULTS, isDeferredSettlement, type MessagingBackend, type MessageHandler, type DeferredSettlement,
+    InMemoryMessagingBackend, MESSAGING_DEFAULTS, isDeferredSettlement, type MessagingBackend, type MessageHandler, type DeferredSettlement, type DeliveryInfo,
     type InMemoryMessagingBackendOptions,
 } from "./backend.js";
 export { formatGuildEvent, type AgentEvent, type GuildEvent, type GuildEventBody, type GuildEventListener, type LogLevel } from "./events.js";

@@ -717,7 +717,7 @@ export class RedisMessagingBackend implements MessagingBackend {
     /** MessagingBackend.subscribe: client id `{namespace}${subscriberId}`, as a Python agent's. */
     subscribe(namespace: string, topic: string, subscriberId: string, handler: MessageHandler): Promise<void> {
         if (typeof handler !== "function") throw new PhiTypeError(`subscribe: handler must be a function; got ${typeof handler}`);
-        return this.subscribeWire(namespace, topic, `${namespace}$${subscriberId}`, (m) => handler(wireToMessage(m)));
+        return this.subscribeWire(namespace, topic, `${namespace}$${subscriberId}`, (m, info) => handler(wireToMessage(m), { replayed: info.replayed }));
     }
 
     unsubscribe(namespace: string, topic: string, subscriberId: string): Promise<void> {

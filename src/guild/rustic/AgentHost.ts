@@ -137,8 +137,15 @@ interface Pending {
     /** The answer went out together with its done mark (publishAnswer). */
     answeredAtomically?: boolean;
     started: number;
-    /** Aborts the request's generation (its claim was lost). */
+    /** Aborts the request's generation (its claim was lost, or never won). */
     abort: AbortController;
+    /** Started before its claim came back (speculatively): nothing is published until this says "claimed". */
+    claiming?: Promise<ClaimResult | Error>;
+}
+
+/** A request started speculatively whose claim did not come back "claimed": what it came back with instead. */
+interface Unclaimed {
+    unclaimed: Exclude<ClaimResult, "claimed"> | Error;
 }
 
 /** A request received and not started yet; `settle` tells the backend it is settled (DeferredSettlement). */
@@ -146,9 +153,21 @@ interface Queued {
     m: RusticMessage;
     started: number;
     settle: (handled: boolean) => void;
+    /** It came from a replay of the backlog (it may be answered already), not live. */
+    replayed: boolean;
 }
 
 const SEEN_LIMIT = 8192;
+
+/**
+ * With claims, a live request is started while its claim is on its way to Redis (it overlaps the round trip; its
+ * answer waits for the claim), unless another replica won or answered a request within this many ms: then each
+ * request waits for its claim before its generation starts, so replicas that share requests do not all decode
+ * each one. A request from a backlog replay always waits (it is often answered already).
+ */
+const SPECULATION_COOLDOWN_MS = 30_000;
+/** How long the host waits before it claims again after a claim failed (Redis away). */
+const CLAIM_RETRY_MS = 500;
 
 function randomMachineId(): number {
     return 128 + Math.floor(Math.random() * 128);
@@ -176,6 +195,11 @@ export class AgentHost {
     #queueClosed = false;
     #pumpRun?: Promise<void>;
     #pumping = false;
+    /** performance.now() when another replica last won or answered a request this host tried to claim. */
+    #contestedAt = Number.NEGATIVE_INFINITY;
+    /** performance.now() before which no claim is tried (one failed: Redis is away). */
+    #claimRetryAt = 0;
+    #claimRetryTimer?: NodeJS.Timeout;
     readonly #capacity: number;
     readonly #seen = new Set<string>();
     readonly #selfReadyIds = new Set<string>();
@@ -274,7 +298,7 @@ export class AgentHost {
             await this.#agent.start(runtime);
             await this.#agent.ready(); // a model that cannot load fails the start, not each request
             for (const topic of this.topics) {
-                await this.#backend.subscribe(this.guildId, topic, this.agentId, (m) => this.#receive(m, topic));
+                await this.#backend.subscribe(this.guildId, topic, this.agentId, (m, info) => this.#receive(m, topic, info?.replayed === true));
                 this.#subscribed.push(topic);
             }
         } catch (err) {
@@ -334,6 +358,8 @@ export class AgentHost {
         let handedBack = 0;
         for (const [id, p] of this.#pending) {
             if (p.handedBack || p.replyIds.length > 0) continue;
+            // started while its claim was on its way: hand back what the claim took, once it took it
+            if (p.claiming && ((await p.claiming) !== "claimed" || p.handedBack || p.replyIds.length > 0)) continue;
             p.handedBack = true;
             p.outcome = "handed_back";
             handedBack++;
@@ -361,15 +387,15 @@ export class AgentHost {
         return this.#state === "starting" || this.#state === "running";
     }
 
-    #receive(raw: Message, subscribedTopic: string): Promise<void | DeferredSettlement> {
+    #receive(raw: Message, subscribedTopic: string, replayed: boolean): Promise<void | DeferredSettlement> {
         if (!this.#taking) return Promise.resolve({ settled: Promise.resolve(false) });
-        const work = this.#dispatch(raw, subscribedTopic).catch((err: unknown) => {
+        const work = this.#dispatch(raw, subscribedTopic, replayed).catch((err: unknown) => {
             this.#log("error", `message ${raw?.id} on ${subscribedTopic}: ${(err as Error)?.message ?? String(err)}`);
         });
         return work;
     }
 
-    async #dispatch(raw: Message, subscribedTopic: string): Promise<void | DeferredSettlement> {
+    async #dispatch(raw: Message, subscribedTopic: string, replayed: boolean): Promise<void | DeferredSettlement> {
         const m = rusticMessageOf(raw);
         const tp = m.topic_published_to ?? subscribedTopic;
         m.topic_published_to = tp;
@@ -384,7 +410,7 @@ export class AgentHost {
         if (!normal && !essential) return;
         switch (m.format) {
             case GenerationPromptRequest.format:
-                if (normal) return this.#request(m);
+                if (normal) return this.#request(m, replayed);
                 return;
             case SystemFormats.HEALTH_CHECK_REQUEST:
                 await this.#healthCheck(m);
@@ -402,11 +428,11 @@ export class AgentHost {
         }
     }
 
-    #request(m: RusticMessage): DeferredSettlement | undefined {
+    #request(m: RusticMessage, replayed: boolean): DeferredSettlement | undefined {
         if (this.#seen.has(m.id)) return undefined; // the same request on two of our topics (settled on the first)
         this.#seen.add(m.id);
         if (this.#seen.size > SEEN_LIMIT) this.#seen.delete(this.#seen.values().next().value!);
-        return this.#take(m);
+        return this.#take(m, replayed);
     }
 
     /**
@@ -415,7 +441,7 @@ export class AgentHost {
      * together and health checks are answered at once. What it returns settles when the request does (the
      * Redis backend saves the position then).
      */
-    #take(m: RusticMessage): DeferredSettlement {
+    #take(m: RusticMessage, replayed: boolean): DeferredSettlement {
         if (!this.#taking) return { settled: Promise.resolve(false) };
         let resolve!: (handled: boolean) => void;
         const settled = new Promise<boolean>((r) => { resolve = r; });
@@ -423,7 +449,7 @@ export class AgentHost {
             if (this.#unsettled.delete(settle)) resolve(handled);
         };
         this.#unsettled.add(settle);
-        this.#queue.push({ m, started: Date.now(), settle });
+        this.#queue.push({ m, started: Date.now(), settle, replayed });
         void this.#pump();
         return { settled };
     }
@@ -432,6 +458,7 @@ export class AgentHost {
      * Starts queued requests. With replicas, a request is claimed only when this host has room for it (fewer
      * than `capacity` in flight: what its model decodes together), so a busy replica leaves the next request to
      * an idle one; a request another replica claimed is watched, and queued again if it is freed unanswered.
+     * A live request starts while its claim is on its way, unless replicas contend (SPECULATION_COOLDOWN_MS).
      */
     #pump(): Promise<void> {
         // #pumping is set and cleared synchronously (a run without an await finishes inside this call)
@@ -440,49 +467,36 @@ export class AgentHost {
         const run = (async () => {
             try {
                 while (this.#queue.length > 0 && !this.#queueClosed && (!this.#claims || this.#inflight.size < this.#capacity)) {
-                    const entry = this.#queue.shift()!;
-                    const { m, started, settle } = entry;
-                    if (this.#claims) {
-                        let claim: ClaimResult;
-                        try {
-                            claim = await this.#claims.claim(m.id);
-                        } catch (err) {
-                            // Redis is away: try again in a moment (the backend reconnects by itself)
-                            this.#queue.unshift(entry);
-                            this.#log("warn", `request ${m.id}: could not claim it (${(err as Error).message}); retrying`);
-                            setTimeout(() => void this.#pump(), 500).unref();
-                            return;
-                        }
-                        if (claim !== "claimed") {
-                            if (claim === "taken") {
-                                // settled once its holder answers it, or once this host does after it was freed
-                                this.#claims.watch(m.id, () => {
-                                    if (!this.#taking) return settle(false);
-                                    this.#queue.unshift(entry);
-                                    void this.#pump();
-                                }, () => settle(true));
-                            } else {
-                                settle(true); // done, or too old to answer from a replay
-                            }
-                            this.#line(m, claim === "done" ? "duplicate" : claim, [], [], started);
-                            continue;
-                        }
-                        if (this.#queueClosed) {
-                            await this.#claims.release(m.id).catch(() => undefined);
-                            settle(false);
-                            continue;
-                        }
+                    if (this.#claims && performance.now() < this.#claimRetryAt) {
+                        this.#retryClaimsLater();
+                        return;
                     }
-                    const work: Promise<void> = this.#work(m, started)
-                        .then((outcome) => settle(outcome !== "handed_back"), (err: unknown) => {
-                            this.#log("error", `request ${m.id}: ${(err as Error)?.message ?? String(err)}`);
-                            settle(false);
-                        })
-                        .finally(() => {
-                            this.#inflight.delete(work);
-                            void this.#pump();
-                        });
-                    this.#inflight.add(work);
+                    const entry = this.#queue.shift()!;
+                    if (!this.#claims) {
+                        this.#start(entry);
+                        continue;
+                    }
+                    if (!entry.replayed && performance.now() - this.#contestedAt >= SPECULATION_COOLDOWN_MS) {
+                        this.#start(entry, this.#claims.claim(entry.m.id).catch((err: unknown) => (err instanceof Error ? err : new Error(String(err)))));
+                        continue;
+                    }
+                    let claim: ClaimResult;
+                    try {
+                        claim = await this.#claims.claim(entry.m.id);
+                    } catch (err) {
+                        this.#claimFailed(entry, err as Error);
+                        return;
+                    }
+                    if (claim !== "claimed") {
+                        this.#unclaimed(entry, claim);
+                        continue;
+                    }
+                    if (this.#queueClosed) {
+                        await this.#claims.release(entry.m.id).catch(() => undefined);
+                        entry.settle(false);
+                        continue;
+                    }
+                    this.#start(entry);
                 }
             } finally {
                 this.#pumping = false;
@@ -492,27 +506,96 @@ export class AgentHost {
         return run;
     }
 
-    /** Generates and answers a claimed request; resolves with its outcome. */
-    async #work(m: RusticMessage, started: number): Promise<RequestLine["outcome"]> {
+    /** Works on a request (claimed, or being claimed: `claiming`) and settles it when it is done. */
+    #start(entry: Queued, claiming?: Promise<ClaimResult | Error>): void {
+        const { m, started, settle } = entry;
+        const work: Promise<void> = this.#work(m, started, claiming)
+            .then((outcome) => {
+                if (typeof outcome !== "object") return settle(outcome !== "handed_back");
+                if (outcome.unclaimed instanceof Error) this.#claimFailed(entry, outcome.unclaimed);
+                else this.#unclaimed(entry, outcome.unclaimed);
+            }, (err: unknown) => {
+                this.#log("error", `request ${m.id}: ${(err as Error)?.message ?? String(err)}`);
+                settle(false);
+            })
+            .finally(() => {
+                this.#inflight.delete(work);
+                void this.#pump();
+            });
+        this.#inflight.add(work);
+    }
+
+    /** A claim that came back other than "claimed": the request is another replica's, done, or too old. */
+    #unclaimed(entry: Queued, claim: Exclude<ClaimResult, "claimed">): void {
+        const { m, started, settle } = entry;
+        // another replica holds it, or answered it while it was live: replicas contend, so claims come first
+        if (claim === "taken" || (claim === "done" && !entry.replayed)) this.#contestedAt = performance.now();
+        if (claim === "taken") {
+            // settled once its holder answers it, or once this host does after it was freed
+            this.#claims!.watch(m.id, () => {
+                if (!this.#taking) return settle(false);
+                this.#queue.unshift(entry);
+                void this.#pump();
+            }, () => settle(true));
+        } else {
+            settle(true); // done, or too old to answer from a replay
+        }
+        this.#line(m, claim === "done" ? "duplicate" : claim, [], [], started);
+    }
+
+    /** A claim that could not be sent or answered (Redis is away): queued again, claims resume in a moment. */
+    #claimFailed(entry: Queued, err: Error): void {
+        this.#queue.unshift(entry);
+        this.#log("warn", `request ${entry.m.id}: could not claim it (${err.message}); retrying`);
+        this.#claimRetryAt = performance.now() + CLAIM_RETRY_MS;
+        this.#retryClaimsLater();
+    }
+
+    #retryClaimsLater(): void {
+        if (this.#claimRetryTimer) return;
+        this.#claimRetryTimer = setTimeout(() => {
+            this.#claimRetryTimer = undefined;
+            void this.#pump();
+        }, Math.max(1, this.#claimRetryAt - performance.now()));
+        this.#claimRetryTimer.unref();
+    }
+
+    /** Generates and answers a claimed (or being claimed) request; resolves with its outcome. */
+    async #work(m: RusticMessage, started: number, claiming?: Promise<ClaimResult | Error>): Promise<RequestLine["outcome"] | Unclaimed> {
         let ctx: RusticProcessContext;
         try {
             ctx = new RusticProcessContext(this.#contextHost(), m, PROCESSORS.GENERATE);
         } catch (err) {
             // the routing slip is not one Python could have sent: answer on error_topic, skipping the slip
             const bare = new RusticProcessContext(this.#contextHost(), { ...m, routing_slip: null }, PROCESSORS.GENERATE);
-            return this.#finish(m, bare, started, async (p) => { await this.#publishReplies(p, [bare.sendErrorDirect(this.#errorPayload(err))]); });
+            return this.#finish(m, bare, started, claiming, async (p) => { await this.#publishReplies(p, [bare.sendErrorDirect(this.#errorPayload(err))]); });
         }
-        return this.#finish(m, ctx, started, async (p) => {
+        return this.#finish(m, ctx, started, claiming, async (p) => {
             if ((m.enrich_with_history ?? 0) > 0) await this.#enrich(m, ctx);
-            // the agent validates, generates and replies through #fromAgent; a lost claim aborts the generation
-            await this.#agent.deliver(this.#forAgent(m), m.topic_published_to ?? GuildTopics.DEFAULT_TOPIC, { signal: p.abort.signal });
+            // the agent validates, generates and replies through #fromAgent; a lost claim aborts the generation.
+            // `repeat`: the host keeps repeats out itself (#seen), and hands the agent again a request whose
+            // first try it stopped (started while its claim was on its way, claimed after another replica freed it)
+            await this.#agent.deliver(this.#forAgent(m), m.topic_published_to ?? GuildTopics.DEFAULT_TOPIC, { signal: p.abort.signal, repeat: true });
             await p.chain;
         });
     }
 
-    /** Runs `body` for a claimed request, then completes or releases its claim and reports it; resolves with its outcome. */
-    async #finish(m: RusticMessage, ctx: RusticProcessContext, started: number, body: (p: Pending) => Promise<void>): Promise<RequestLine["outcome"]> {
+    /**
+     * Runs `body` for a claimed request, then completes or releases its claim and reports it; resolves with its
+     * outcome. Started while its claim is on its way (`claiming`): a claim that does not come back "claimed"
+     * aborts the generation at once, and nothing is published or reported (the caller deals with the request).
+     */
+    async #finish(m: RusticMessage, ctx: RusticProcessContext, started: number, claiming: Promise<ClaimResult | Error> | undefined,
+        body: (p: Pending) => Promise<void>): Promise<RequestLine["outcome"] | Unclaimed> {
         const p: Pending = { ctx, chain: Promise.resolve(), replyIds: [], replyTopics: new Set(), handedBack: false, started, abort: new AbortController() };
+        if (claiming) {
+            p.claiming = claiming;
+            void claiming.then((r) => {
+                if (r === "claimed" || p.handedBack) return;
+                p.handedBack = true;
+                p.abort.abort(new PhiAgentError("ERR_CLAIM_LOST", `request ${m.id} was not claimed by this replica (${r instanceof Error ? r.message : r}); it is not answered here`));
+            });
+        }
         this.#pending.set(m.id, p);
         try {
             await body(p);
@@ -525,6 +608,10 @@ export class AgentHost {
             }
         } finally {
             this.#pending.delete(m.id);
+        }
+        if (claiming) {
+            const r = await claiming;
+            if (r !== "claimed") return { unclaimed: r };
         }
         if (this.#claims && !p.answeredAtomically && (p.replyIds.length > 0 || !p.handedBack)) {
             try {
@@ -585,6 +672,7 @@ export class AgentHost {
 
     async #publishReplies(p: Pending, replies: RusticMessage[]): Promise<void> {
         if (replies.length === 0) return;
+        if (p.claiming && (await p.claiming) !== "claimed") return; // not ours: nothing goes out
         if (p.handedBack) return;
         if (this.#claims && this.#publishAnswer) {
             let ok: boolean;
