@@ -3,9 +3,11 @@
 import { expect } from "chai";
 import {
     GemstoneIdGenerator, Priority, WireMessageError, markFloat, WIRE_MESSAGE_KEYS, buildDeadLetterMessage, createWireMessage,
-    deadLetterTopic, formatPyFloat, gemstoneId, gemstoneParts, normalizeGemstoneId, parsePyJson, parseWireMessage,
+    deadLetterTopic, formatPyFloat, gemstoneId, gemstoneParts, isMarkedFloat, normalizeGemstoneId, parsePyJson, parseWireMessage,
     readWireMessage, serializeWireMessage, stringifyPyJson, wireMessageTime, type WireMessage,
 } from "../src/messages/wire/index.js";
+import { parseLossless, type PyJson } from "../src/messages/wire/json.js";
+import { prng } from "../scripts/malformed-corpus.js";
 import { goldenMessages } from "./helpers/golden.js";
 
 const REQUEST = '{"sender":{"id":"probe","name":"Probe"},"topics":"default_topic","recipient_list":[],' +
@@ -161,6 +163,81 @@ describe("RusticAI wire format", () => {
             expect(v.big).to.equal(1180591620717411303424n);
             expect(v["1"]).to.equal(1);
             expect(stringifyPyJson(v)).to.equal(text);
+        });
+    });
+
+    describe("the fast JSON parse", () => {
+        /** The same value: same types (bigint vs number), same key order, same float marks. */
+        function expectSame(a: PyJson, b: PyJson, where = "$"): void {
+            expect(typeof a, where).to.equal(typeof b);
+            if (a === null || typeof a !== "object") {
+                expect(a, where).to.equal(b);
+                return;
+            }
+            expect(Array.isArray(a), where).to.equal(Array.isArray(b));
+            const ka = Object.keys(a);
+            expect(ka, where).to.deep.equal(Object.keys(b as object));
+            for (const k of ka) {
+                expect(isMarkedFloat(a, k), `${where}.${k} float mark`).to.equal(isMarkedFloat(b as object, k));
+                expectSame((a as Record<string, PyJson>)[k]!, (b as Record<string, PyJson>)[k]!, `${where}.${k}`);
+            }
+        }
+
+        /** parsePyJson (fast where it can be) against lossless-json alone: the same value, or the same error. */
+        function expectAgrees(text: string): "value" | "error" {
+            let slow: PyJson | Error;
+            try { slow = parseLossless(text); } catch (e) { slow = e as Error; }
+            let fast: PyJson | Error;
+            try { fast = parsePyJson(text); } catch (e) { fast = e as Error; }
+            if (slow instanceof Error) {
+                expect(fast, `accepted what lossless-json rejects: ${JSON.stringify(text)}`).to.be.instanceOf(Error);
+                expect((fast as Error).message).to.equal(slow.message);
+                return "error";
+            }
+            expect(fast, `rejected what lossless-json reads: ${JSON.stringify(text)}`).not.to.be.instanceOf(Error);
+            expectSame(fast as PyJson, slow);
+            expect(stringifyPyJson(fast as PyJson)).to.equal(stringifyPyJson(slow));
+            return "value";
+        }
+
+        it("reads every message of the golden run as lossless-json does", () => {
+            for (const g of goldenMessages()) expect(expectAgrees(g.json)).to.equal("value");
+        });
+
+        it("agrees with lossless-json on numbers, strings and keys at the edges", () => {
+            const cases = [
+                "0", "-0", "-0.0", "1", "1.0", "1e5", "1E+400", "-1e-7", "9007199254740991", "9007199254740992", "-9007199254740993",
+                "123456789012345678901234567890", "[1,-0,2.50,1e2,0.0,-5]", '{"a":1,"a":2.0}', '{"a":2.0,"a":1}', '{"__proto__":1.0}',
+                '"\\u0001x"', '["\\u00011.5"]', '{"1":1.0,"0":2}', "  [ 9007199254740993 ]  ", "[1.0e0]", '{"a":"\\\\"}',
+                '{"a":"\\\\\\"1.5","b":1.5}', '{"k":"x 1.5 y","n":-12.25}', "true", "null", '"x"', '"1.5"', "", " ", "[", "{",
+                '{"a":01}', '{"a":1.5.3}', "[1-2]", "[--1]", "[1e]", "[+1]", "[.5]", "[1.]", "[-]", "[00]", "[-01]", "[1,]",
+                '{"a":1,}', '["a\nb"]', '["\u2028"]', '{"a":"\ud800"}', '[1 2]', '["1.5" 2.5]', "[NaN]", "[Infinity]",
+                '{"a":1e400,"b":-1e400,"c":5e-324,"d":1e-400}', '["é😀",1.5]', "[0e0,0E+1,-0e-0]",
+            ];
+            const seen = { value: 0, error: 0 };
+            for (const c of cases) seen[expectAgrees(c)]++;
+            expect(seen.value).to.be.greaterThan(20);
+            expect(seen.error).to.be.greaterThan(15);
+        });
+
+        it("agrees with lossless-json on 4000 seeded mutations of the golden messages", () => {
+            const texts = goldenMessages().map((g) => g.json);
+            const rand = prng(20261203);
+            const alphabet = '0123456789.eE+-"\\,:{}[] u\u0001';
+            const seen = { value: 0, error: 0 };
+            for (let n = 0; n < 4000; n++) {
+                let t = texts[Math.floor(rand() * texts.length)]!;
+                for (let k = 1 + Math.floor(rand() * 3); k > 0; k--) {
+                    const at = Math.floor(rand() * t.length);
+                    const ch = alphabet[Math.floor(rand() * alphabet.length)]!;
+                    const op = rand();
+                    t = op < 0.4 ? t.slice(0, at) + ch + t.slice(at + 1) : op < 0.7 ? t.slice(0, at) + ch + t.slice(at) : t.slice(0, at) + t.slice(at + 1);
+                }
+                seen[expectAgrees(t)]++;
+            }
+            // both kinds are well represented: texts that still parse, and texts that do not
+            expect(seen.value).to.be.greaterThan(400);
+            expect(seen.error).to.be.greaterThan(400);
         });
     });
 
