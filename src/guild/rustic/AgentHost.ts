@@ -477,7 +477,13 @@ export class AgentHost {
                         continue;
                     }
                     if (!entry.replayed && performance.now() - this.#contestedAt >= SPECULATION_COOLDOWN_MS) {
-                        this.#start(entry, this.#claims.claim(entry.m.id).catch((err: unknown) => (err instanceof Error ? err : new Error(String(err)))));
+                        // the claim goes out right after the generation was handed to the engine (a macrotask
+                        // later): its socket write is then off the way from the request to its first decode
+                        const claims = this.#claims;
+                        const claiming = new Promise<ClaimResult | Error>((resolve) => setImmediate(() => {
+                            claims.claim(entry.m.id).then(resolve, (err: unknown) => resolve(err instanceof Error ? err : new Error(String(err))));
+                        }));
+                        this.#start(entry, claiming);
                         continue;
                     }
                     let claim: ClaimResult;
