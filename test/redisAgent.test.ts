@@ -456,8 +456,8 @@ describe("phi agent in a RusticAI guild over Redis (real redis-server, tiny mode
         interface Worker { child: ChildProcess; replica: string; lines: Record<string, unknown>[]; stderr: string; exit: Promise<[number | null, string | null]> }
         const workers: Worker[] = [];
 
-        function startWorker(guild: string, replica: string, extra: string[] = []): Worker {
-            const child = spawn(process.execPath, [CLI, "agent", "--redis", server.url, "--guild", guild, "--model", modelPath,
+        function startWorker(guild: string, replica: string, extra: string[] = [], url = server.url): Worker {
+            const child = spawn(process.execPath, [CLI, "agent", "--redis", url, "--guild", guild, "--model", modelPath,
                 "--device", "cpu", "--threads", "1", "--context-size", "2048", "--max-new-tokens", "2", "--replica-id", replica,
                 "--claim-lease-ms", "1500", "--json", ...extra], { stdio: ["ignore", "pipe", "pipe"] });
             const w: Worker = { child, replica, lines: [], stderr: "", exit: once(child, "exit") as Promise<[number | null, string | null]> };
@@ -640,6 +640,24 @@ describe("phi agent in a RusticAI guild over Redis (real redis-server, tiny mode
             expect(w.stderr).to.match(/stopped: 1 finished, 0 handed back/);
             await monitor.stop();
             await l.sub.quit();
+        });
+
+        it("SIGTERM while Redis is down: exits 0 at once, waiting for nothing from Redis", async function () {
+            this.timeout(60_000); // the old worker waited here until Redis came back
+            const own = await startRedisServer({ persist: false });
+            try {
+                const l = await Listener.start(own, "sigterm-down", ["heartbeat"]);
+                const w = startWorker("sigterm-down", "d1", [], own.url);
+                await ready(l, w);
+                await l.sub.quit();
+                await own.stop();
+                w.child.kill("SIGTERM");
+                const [code] = await w.exit;
+                expect(code, w.stderr).to.equal(0);
+                expect(w.stderr).to.match(/stopped: 0 finished, 0 handed back/);
+            } finally {
+                await own.stop();
+            }
         });
 
         it("--help works without Redis; a missing --redis is a usage error", async () => {

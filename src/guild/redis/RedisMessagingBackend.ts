@@ -191,6 +191,9 @@ export function namespacedTopic(namespace: string, topic: string): string {
     return topic.startsWith(`${namespace}:`) ? topic : `${namespace}:${topic}`;
 }
 
+/** How long unsubscribing waits for Redis to confirm before it goes on without (the connection dropped meanwhile). */
+const UNSUBSCRIBE_WAIT_MS = 2_000;
+
 /** `eo:pos:{clientId}:{namespacedTopic}`, the key of a client's position on a topic. */
 export function positionKey(clientId: string, topic: string): string {
     return `eo:pos:${clientId}:${topic}`;
@@ -504,12 +507,16 @@ export class RedisMessagingBackend implements MessagingBackend {
         if (clients.size === 0) {
             this.#topics.delete(nsTopic);
             this.#subscribed.delete(nsTopic);
-            if (!this.#closed) {
-                try {
-                    await this.#sub.unsubscribe(nsTopic);
-                } catch {
-                    // the connection is gone: nothing is subscribed there any more
-                }
+            // with Redis away, an UNSUBSCRIBE would wait for it: the connection it would cancel is gone, and the
+            // one that comes back subscribes only to what is still wanted (#resume). A connection that drops while
+            // it is on its way is waited for a moment at most.
+            if (!this.#closed && this.#sub.status === "ready") {
+                let timer: NodeJS.Timeout | undefined;
+                await Promise.race([
+                    this.#sub.unsubscribe(nsTopic).catch(() => undefined),
+                    new Promise<void>((resolve) => { timer = setTimeout(resolve, UNSUBSCRIBE_WAIT_MS); }),
+                ]);
+                clearTimeout(timer);
             }
         }
     }

@@ -168,6 +168,17 @@ const SEEN_LIMIT = 8192;
 const SPECULATION_COOLDOWN_MS = 30_000;
 /** How long the host waits before it claims again after a claim failed (Redis away). */
 const CLAIM_RETRY_MS = 500;
+/** How long a claim waits for Redis before it counts as failed (and is tried again). */
+const CLAIM_WAIT_MS = 5_000;
+/** How long stop() waits for Redis to release a claim it hands back (Redis away: the lease runs out instead). */
+const STOP_RELEASE_WAIT_MS = 2_000;
+
+/** `p`, or a rejection with `why` after `ms`. */
+function bounded<T>(p: Promise<T>, ms: number, why: string): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([p, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${why} within ${ms} ms`)), ms); })])
+        .finally(() => clearTimeout(timer));
+}
 
 function randomMachineId(): number {
     return 128 + Math.floor(Math.random() * 128);
@@ -348,7 +359,10 @@ export class AgentHost {
             await Promise.race(waits);
             clearTimeout(timer);
             if (this.#inflight.size === 0 && this.#queue.length > 0 && this.#claims && !this.#pumping) {
-                await new Promise((r) => setTimeout(r, 20)); // a claim failed for a moment: let the retry run
+                // claims fail (Redis is away): what is queued is left to the other replicas and the next
+                // subscription's replay, not waited for until Redis comes back
+                if (performance.now() < this.#claimRetryAt) break;
+                await new Promise((r) => setTimeout(r, 20));
             }
         }
         this.#queueClosed = true;
@@ -364,7 +378,7 @@ export class AgentHost {
             p.outcome = "handed_back";
             handedBack++;
             try {
-                await this.#claims?.release(id);
+                if (this.#claims) await bounded(this.#claims.release(id), STOP_RELEASE_WAIT_MS, "Redis did not answer");
             } catch (err) {
                 this.#log("warn", `could not release the claim on request ${id}: ${(err as Error).message}; it is taken over when its lease runs out`);
             }
@@ -481,14 +495,14 @@ export class AgentHost {
                         // later): its socket write is then off the way from the request to its first decode
                         const claims = this.#claims;
                         const claiming = new Promise<ClaimResult | Error>((resolve) => setImmediate(() => {
-                            claims.claim(entry.m.id).then(resolve, (err: unknown) => resolve(err instanceof Error ? err : new Error(String(err))));
+                            this.#claim(claims, entry.m.id).then(resolve, (err: unknown) => resolve(err instanceof Error ? err : new Error(String(err))));
                         }));
                         this.#start(entry, claiming);
                         continue;
                     }
                     let claim: ClaimResult;
                     try {
-                        claim = await this.#claims.claim(entry.m.id);
+                        claim = await this.#claim(this.#claims, entry.m.id);
                     } catch (err) {
                         this.#claimFailed(entry, err as Error);
                         return;
@@ -498,7 +512,7 @@ export class AgentHost {
                         continue;
                     }
                     if (this.#queueClosed) {
-                        await this.#claims.release(entry.m.id).catch(() => undefined);
+                        await bounded(this.#claims.release(entry.m.id), STOP_RELEASE_WAIT_MS, "Redis did not answer").catch(() => undefined);
                         entry.settle(false);
                         continue;
                     }
@@ -510,6 +524,15 @@ export class AgentHost {
         })();
         this.#pumpRun = run;
         return run;
+    }
+
+    /**
+     * Claims a request, waiting at most CLAIM_WAIT_MS for Redis (a client waits for a lost connection to come back;
+     * past it the claim counts as failed and is tried again, and a late SET that lands holds the request for this
+     * replica, which finds it its own on the retry).
+     */
+    #claim(claims: RequestClaims, requestId: string): Promise<ClaimResult> {
+        return bounded(claims.claim(requestId), CLAIM_WAIT_MS, "Redis did not answer the claim");
     }
 
     /** Works on a request (claimed, or being claimed: `claiming`) and settles it when it is done. */
