@@ -39,6 +39,16 @@ export function isDeferredSettlement(value: unknown): value is DeferredSettlemen
     return typeof value === "object" && value !== null && typeof (value as { settled?: { then?: unknown } }).settled?.then === "function";
 }
 
+/**
+ * `p`, or a rejection saying `why` after `ms`: for a call to a messaging server whose client waits for a lost
+ * connection to come back (what it sent may still run later).
+ */
+export function bounded<T>(p: Promise<T>, ms: number, why: string): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([p, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${why} within ${ms} ms`)), ms); })])
+        .finally(() => clearTimeout(timer));
+}
+
 /** Defaults of the messaging backends (their one definition). */
 export const MESSAGING_DEFAULTS = Object.freeze({
     /**

@@ -41,7 +41,7 @@ import {
 } from "../../messages/wire/message.js";
 import type { PyJson } from "../../messages/wire/json.js";
 import { formatFieldErrors } from "../../messages/validation.js";
-import { MESSAGING_DEFAULTS, isDeferredSettlement, type DeferredSettlement, type MessageHandler, type MessagingBackend } from "../backend.js";
+import { MESSAGING_DEFAULTS, bounded, isDeferredSettlement, type DeferredSettlement, type MessageHandler, type MessagingBackend } from "../backend.js";
 
 /** How long stored messages live (s): RusticAI's `RUSTIC_AI_REDIS_MSG_TTL`, default 3600. */
 export const DEFAULT_MESSAGE_TTL_S = 3600;
@@ -511,12 +511,7 @@ export class RedisMessagingBackend implements MessagingBackend {
             // one that comes back subscribes only to what is still wanted (#resume). A connection that drops while
             // it is on its way is waited for a moment at most.
             if (!this.#closed && this.#sub.status === "ready") {
-                let timer: NodeJS.Timeout | undefined;
-                await Promise.race([
-                    this.#sub.unsubscribe(nsTopic).catch(() => undefined),
-                    new Promise<void>((resolve) => { timer = setTimeout(resolve, UNSUBSCRIBE_WAIT_MS); }),
-                ]);
-                clearTimeout(timer);
+                await bounded(this.#sub.unsubscribe(nsTopic), UNSUBSCRIBE_WAIT_MS, "Redis did not confirm the UNSUBSCRIBE").catch(() => undefined);
             }
         }
     }

@@ -31,7 +31,7 @@ import { ErrorMessage, GenerationPromptRequest } from "../../messages/formats.js
 import { GemstoneGenerator, Priority } from "../../messages/ids.js";
 import { topicsOf, type Message } from "../../messages/message.js";
 import type { AgentRuntime } from "../agent.js";
-import { MESSAGING_DEFAULTS, type DeferredSettlement, type MessagingBackend } from "../backend.js";
+import { MESSAGING_DEFAULTS, bounded, type DeferredSettlement, type MessagingBackend } from "../backend.js";
 import { AgentBuilder } from "../builders.js";
 import type { GuildEvent, GuildEventBody } from "../events.js";
 import type { ClaimResult, RequestClaims } from "../claims.js";
@@ -172,13 +172,6 @@ const CLAIM_RETRY_MS = 500;
 const CLAIM_WAIT_MS = 5_000;
 /** How long stop() waits for Redis to release a claim it hands back (Redis away: the lease runs out instead). */
 const STOP_RELEASE_WAIT_MS = 2_000;
-
-/** `p`, or a rejection with `why` after `ms`. */
-function bounded<T>(p: Promise<T>, ms: number, why: string): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    return Promise.race([p, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${why} within ${ms} ms`)), ms); })])
-        .finally(() => clearTimeout(timer));
-}
 
 function randomMachineId(): number {
     return 128 + Math.floor(Math.random() * 128);
@@ -494,9 +487,9 @@ export class AgentHost {
                         // the claim goes out right after the generation was handed to the engine (a macrotask
                         // later): its socket write is then off the way from the request to its first decode
                         const claims = this.#claims;
-                        const claiming = new Promise<ClaimResult | Error>((resolve) => setImmediate(() => {
-                            this.#claim(claims, entry.m.id).then(resolve, (err: unknown) => resolve(err instanceof Error ? err : new Error(String(err))));
-                        }));
+                        const claiming = new Promise<void>((resolve) => setImmediate(resolve))
+                            .then(() => this.#claim(claims, entry.m.id))
+                            .catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
                         this.#start(entry, claiming);
                         continue;
                     }

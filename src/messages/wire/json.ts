@@ -96,27 +96,15 @@ function unmark(s: string): { value: number | bigint; float: boolean } {
     return n instanceof FloatText ? { value: n.value, float: true } : { value: n, float: false };
 }
 
+/** Turns every marked string under `container` back into its number (an array's slots by index). */
 function unmarkAll(container: PyJsonObject | PyJson[]): void {
-    if (Array.isArray(container)) {
-        for (let i = 0; i < container.length; i++) {
-            const v = container[i];
-            if (typeof v === "string") {
-                if (v.charCodeAt(0) !== 1) continue;
-                const u = unmark(v);
-                container[i] = u.value;
-                if (u.float && Number.isInteger(u.value)) markFloat(container, i);
-            } else if (v !== null && typeof v === "object") {
-                unmarkAll(v as PyJsonObject | PyJson[]);
-            }
-        }
-        return;
-    }
-    for (const k in container) {
-        const v = container[k];
+    const slots = container as Record<string | number, PyJson>;
+    for (const k of Array.isArray(container) ? container.keys() : Object.keys(container)) {
+        const v = slots[k];
         if (typeof v === "string") {
             if (v.charCodeAt(0) !== 1) continue;
             const u = unmark(v);
-            container[k] = u.value;
+            slots[k] = u.value;
             if (u.float && Number.isInteger(u.value)) markFloat(container, k);
         } else if (v !== null && typeof v === "object") {
             unmarkAll(v as PyJsonObject | PyJson[]);
